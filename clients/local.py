@@ -1,0 +1,170 @@
+"""What one client does for a train or evaluate message, without Flower types.
+
+:func:`local_train` and :func:`local_evaluate` take the received shared tensors and
+return what goes back. The ClientApp (:mod:`clients.app`) only converts records. The
+frozen model, the encoder and the encoded partition come from per-process caches, so a
+worker process loads the model once, whatever the number of rounds and clients it
+serves. Private tensors are never kept in module globals: they go through
+:class:`clients.state.PrivateStore` on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lopa_fed import weights
+from lopa_fed.data import EncodedDataset, encode_examples
+from lopa_fed.model import PromptedModel, build_model
+from lopa_fed.tasks import get_task
+from lopa_fed.train import evaluate, fit
+
+from .partition import load_local_data
+from .settings import FedSettings, federated_names
+from .state import PrivateStore
+
+log = logging.getLogger("flwr.lopa_fed.clients")
+
+
+@dataclass(frozen=True)
+class ClientEnv:
+    """Where a client's data and private state live, and which partition it is."""
+
+    partition_id: int
+    num_partitions: int
+    data_dir: str
+    private_dir: str
+    state_tag: str
+
+
+def model_loads() -> int:
+    """Real model loads in this process so far (``lopa_fed.weights.LOAD_COUNTS``)."""
+    return int(sum(weights.LOAD_COUNTS.values()))
+
+
+def new_model(settings: FedSettings) -> PromptedModel:
+    """A fresh model; the frozen model and encoder come from the per-process cache."""
+    return build_model(
+        get_task(settings.task), settings.lopa_config(), settings.model, settings.encoder, seed=settings.seed
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def local_datasets(settings: FedSettings, partition_id: int, num_partitions: int, data_dir: str) -> tuple[EncodedDataset, EncodedDataset]:
+    """Encoded local ``(train, test)`` of a partition (cached per process: it is derived data, not state)."""
+    data = load_local_data(settings, partition_id, num_partitions, data_dir)
+    model = new_model(settings)
+    task = get_task(settings.task)
+    train = encode_examples(list(data.train), task, model.frozen, settings.max_length)
+    test = encode_examples(list(data.test), task, model.frozen, settings.max_length)
+    return train, test
+
+
+def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> tuple[PromptedModel, list[str], bool]:
+    """Build the model, restore the private tensors, install the received shared ones.
+
+    Returns
+    -------
+    (model, federated, restored)
+        ``federated`` are the names sent back and forth; ``restored`` says whether a private
+        state file of this run was found.
+
+    Raises
+    ------
+    ValueError
+        The received keys are not exactly the federated names, or a shape differs.
+    """
+    model = new_model(settings)
+    fed = federated_names(model.roles(), settings.federate)
+    if set(received) != set(fed):
+        raise ValueError(
+            f"received tensors {sorted(received)} but federate={settings.federate!r} expects {sorted(fed)}"
+        )
+    private_names = [n for n in model.named_trainable() if n not in set(fed)]
+    store = PrivateStore(env.private_dir, env.partition_id, env.num_partitions)
+    shapes = {n: tuple(p.shape) for n, p in model.named_trainable().items()}
+    restored = False
+    if private_names:
+        saved = store.load(
+            state_tag=env.state_tag,
+            fingerprint=settings.fingerprint(),
+            expected={n: shapes[n] for n in private_names},
+        )
+        if saved is not None:
+            model.load_state(saved)
+            restored = True
+    if received:
+        model.load_state({k: torch.as_tensor(np.asarray(v)) for k, v in received.items()})
+    return model, fed, restored
+
+
+@contextlib.contextmanager
+def proximal_term(model: PromptedModel, names: list[str], mu: float) -> Iterator[None]:
+    """FedProx: add ``mu·(w − w_global)`` to the gradients of the federated tensors while active."""
+    if mu <= 0 or not names:
+        yield
+        return
+    params = model.named_trainable()
+    handles = []
+    for n in names:
+        p = params[n]
+        w0 = p.detach().clone()
+        handles.append(p.register_hook(lambda g, p=p, w0=w0: g + mu * (p.detach() - w0)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def local_train(
+    settings: FedSettings, env: ClientEnv, received: Mapping[str, Any], server_round: int, proximal_mu: float = 0.0
+) -> tuple[dict[str, torch.Tensor], dict[str, float | int]]:
+    """Train on the local split; save the private tensors; return ``(shared tensors to send, metrics)``."""
+    train_ds, _ = local_datasets(settings, env.partition_id, env.num_partitions, env.data_dir)
+    model, fed, restored = prepare(settings, env, received)
+    seed = settings.seed + 1009 * int(server_round) + env.partition_id
+    with proximal_term(model, fed, proximal_mu):
+        res = fit(model, train_ds, settings.train_config(seed=seed))
+    private_names = [n for n in model.named_trainable() if n not in set(fed)]
+    if private_names:
+        PrivateStore(env.private_dir, env.partition_id, env.num_partitions).save(
+            model.state(private_names),
+            state_tag=env.state_tag,
+            fingerprint=settings.fingerprint(),
+            server_round=server_round,
+        )
+    metrics: dict[str, float | int] = {
+        "num-examples": int(len(train_ds)),
+        "train-loss": float(res["loss"]),
+        "first-loss": float(res["first_loss"]),
+        "steps": int(res["steps"]),
+        "seconds": float(res["seconds"]),
+        "partition-id": int(env.partition_id),
+        "model-loads": model_loads(),
+        "private-restored": int(restored),
+    }
+    return model.state(fed), metrics
+
+
+def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> dict[str, float | int]:
+    """Personalised evaluation: own private tensors + received global ones, on the local test split."""
+    _, test_ds = local_datasets(settings, env.partition_id, env.num_partitions, env.data_dir)
+    model, _, restored = prepare(settings, env, received)
+    res = evaluate(model, test_ds)
+    return {
+        "num-examples": int(res["num_examples"]),
+        "accuracy": float(res["accuracy"]),
+        "score": float(res["score"]),
+        "eval-loss": float(res["loss"]),
+        "partition-id": int(env.partition_id),
+        "model-loads": model_loads(),
+        "private-restored": int(restored),
+    }

@@ -1,0 +1,19 @@
+"""The Flower ServerApp: federates the shared prompt tensors (see :mod:`server.loop`)."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from clients.settings import FedSettings
+
+from .loop import run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Parse the run config and run the round loop."""
+    settings = FedSettings.from_run_config(context.run_config)
+    run_federation(grid, settings)
