@@ -45,8 +45,8 @@ class ClientEnv:
 
 
 def model_loads() -> int:
-    """Real model loads in this process so far (``lopa_fed.weights.LOAD_COUNTS``)."""
-    return int(sum(weights.LOAD_COUNTS.values()))
+    """Most times any one model was loaded in this process (``lopa_fed.weights.LOAD_COUNTS``); 1 is the budget."""
+    return int(max(weights.LOAD_COUNTS.values(), default=0))
 
 
 def new_model(settings: FedSettings) -> PromptedModel:

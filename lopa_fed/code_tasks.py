@@ -45,6 +45,7 @@ __all__ = [
     "CodeTask",
     "chat_prompt",
     "encode_answer_only",
+    "encode_prompt",
     "get_code_task",
 ]
 
@@ -65,6 +66,7 @@ _SPECIAL_STOPS: tuple[str, ...] = (
 )
 _MBPP_STOPS: tuple[str, ...] = ("\nassert ", "\nif __name__", "\nprint(", "\n# Test", "\n# test")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?")
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
 _CODE_START = re.compile(r"(?:async\s+def|def|class|import|from)\s|@")
 _ENTRY = re.compile(
     r"assert\s+(?:not\s+)?\(?\s*(?:math\.isclose\(\s*|set\(\s*|sorted\(\s*)?([A-Za-z_]\w*)\s*\("
@@ -353,6 +355,7 @@ class CodeTask:
         cuts at the task's stop sequences, then
 
         * CruxEval: returns the whole text if it is already a valid answer, else
+          the first backtick-quoted inline span that is one, else
           the first line that is one after unwrapping ``assert f(...) == X`` /
           ``f(...) == X`` / ``f(X)`` echoes and ``"... is X"`` / ``"...: X"``
           prose; falls back to the first non-empty line;
@@ -377,6 +380,10 @@ class CodeTask:
         whole = self._answer_from(text.strip())
         if whole is not None:
             return whole
+        for span in _INLINE_CODE.findall(text):  # prose like "returns `[1, 2]`."
+            found = self._answer_from(span.strip())
+            if found is not None:
+                return found
         lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
         for line in lines:
             found = self._answer_from(line)
@@ -557,3 +564,36 @@ def encode_answer_only(
         "input_ids": prompt_ids + answer_ids,
         "labels": [-100] * len(prompt_ids) + list(answer_ids),
     }
+
+
+def encode_prompt(tokenizer: Any, prompt_text: str, max_length: int = 512) -> list[int]:
+    """Token ids of a prompt for generation, tokenized as in :func:`encode_answer_only`.
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+        The frozen model's tokenizer.
+    prompt_text : str
+        The full prompt as the model sees it (e.g. :func:`chat_prompt` output).
+    max_length : int
+        Maximum number of prompt tokens; longer prompts are truncated from the
+        left, keeping the leading BOS of tokenizers that add one.
+
+    Returns
+    -------
+    list[int]
+        Exactly the prompt part (labels ``-100``) that :func:`encode_answer_only`
+        produces for the same text when nothing is truncated, so the model sees
+        at test time what it was trained on.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    prompt_ids = _ids(tokenizer, prompt_text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    uses_bos = bool(getattr(tokenizer, "add_bos_token", False)) and bos is not None
+    if uses_bos and prompt_ids[:1] != [bos]:
+        prompt_ids = [int(bos)] + prompt_ids
+    if len(prompt_ids) > max_length:
+        keep_bos = uses_bos and prompt_ids[0] == bos and max_length > 1
+        prompt_ids = ([prompt_ids[0]] + prompt_ids[-(max_length - 1) :]) if keep_bos else prompt_ids[-max_length:]
+    return prompt_ids

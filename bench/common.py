@@ -1,0 +1,209 @@
+"""Shared helpers for the benchmark scripts: run metadata, JSON output, tables and plots.
+
+Every result file written by ``bench/*.py`` carries :func:`metadata`: the command, the git
+commit (and whether the tree was dirty), seeds, package versions, the date and the machine,
+including the load average at start and end, because these machines are often shared.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PACKAGES = ("torch", "transformers", "peft", "flwr", "onnxruntime", "numpy", "lopa-fed")
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def git_commit() -> dict[str, Any]:
+    """``{"commit": sha, "dirty": bool}`` of the checkout (``None`` outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        )
+        return {"commit": sha, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, memory, OS and the 1/5/15-minute load average right now."""
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "mem_gb": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_threads": _torch_threads(),
+        "load_average": load_average(),
+    }
+
+
+def _torch_threads() -> int | None:
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    return torch.get_num_threads()
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+def metadata(seeds: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]:
+    """Provenance for a result file."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cwd": str(Path.cwd()),
+        **git_commit(),
+        "seeds": list(seeds) if seeds is not None else [],
+        "versions": versions(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **extra,
+    }
+
+
+def contention_note(load_start: Sequence[float], load_end: Sequence[float]) -> str | None:
+    """A plain note when the 1-minute load average exceeded the core count during the run."""
+    n = os.cpu_count() or 1
+    peak = max([*(load_start[:1] or [0.0]), *(load_end[:1] or [0.0])])
+    if peak > n * 0.75:
+        return f"measured while other jobs shared the {n} cores (1-min load average up to {peak:.1f})"
+    return None
+
+
+def write_json(name: str, data: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write ``data`` to ``bench/results/<name>.json`` (atomically) and return the path."""
+    out_dir = Path(out_dir or RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [float(x) for x in xs]
+    if not xs:
+        return float("nan"), float("nan")
+    m = statistics.fmean(xs)
+    s = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return m, s
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    def cell(x: Any) -> str:
+        return "" if x is None else str(x)
+
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def plt():
+    """matplotlib.pyplot with the non-interactive backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def save_fig(fig, name: str, out_dir: Path | None = None) -> Path:
+    out_dir = Path(out_dir or RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt().close(fig)
+    return path
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def progress(enabled: bool = True):
+    """A rich progress bar (disabled when not a TTY or when ``enabled`` is False)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        disable=not enabled, transient=False,
+    )

@@ -1,0 +1,289 @@
+"""Batched text generation from a frozen causal LM with a soft prefix ``Z``.
+
+The prefix goes in through ``inputs_embeds`` once, on the first step, together
+with the prompt; every later step feeds only the newly sampled token and reuses
+the KV cache, so the prefix is never re-encoded. Rows are left-padded with the
+prefix placed after the padding, exactly as :meth:`FrozenModel.forward` lays out
+a causal batch (:meth:`FrozenModel.left_align`)::
+
+    row i:  [pad … pad ; Z_i (T) ; x_i (L_i) ]  →  then one generated token per step
+    mask :  [ 0  …  0  ;  1 … 1  ;  1 …  1   ]
+    pos  :  [ 0  …  0  ;  0 … T-1; T … T+L_i-1]
+
+Position ids count only attended positions (``cumsum(mask) - 1``), so a row's
+logits do not depend on how much padding the batch gave it.
+
+Decoding is greedy or nucleus sampling (temperature + top-p, as in the paper),
+bounded by ``max_new_tokens``, stopped per row at an end-of-sequence token or at
+any stop string. This module has no task knowledge; see :mod:`lopa_fed.code_eval`
+for pass@1 on the code tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbone import FrozenModel
+
+#: Tokens decoded to look for a stop string (stop strings are much shorter than this).
+_TAIL = 48
+
+__all__ = ["GenerationConfig", "generate", "generate_tokens", "prompt_layout", "sample_next"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to decode.
+
+    Parameters
+    ----------
+    max_new_tokens : int
+        Upper bound on generated tokens per row.
+    do_sample : bool
+        ``False``: greedy (argmax). ``True``: sample from the temperature-scaled,
+        top-p-truncated distribution.
+    temperature : float
+        Softmax temperature for sampling (> 0).
+    top_p : float
+        Nucleus mass in ``(0, 1]``; ``1.0`` disables truncation.
+    stop : tuple of str
+        A row stops as soon as its decoded continuation contains one of these;
+        :func:`generate` cuts the text before the earliest one.
+    seed : int
+        Seed of the sampling generator (ignored when greedy).
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 9876
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+def prompt_layout(
+    frozen: FrozenModel, input_ids: Sequence[Sequence[int]], z: torch.Tensor | np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ``[pad ; Z ; x]`` embeddings, attention mask and position ids.
+
+    Parameters
+    ----------
+    frozen : FrozenModel
+        A ``causal`` frozen model.
+    input_ids : sequence of B token-id sequences
+        Unpadded prompts (each non-empty).
+    z : B×T×d tensor or array, optional
+        Soft prefix; ``None`` (or ``T = 0``) for none.
+
+    Returns
+    -------
+    embeds : B×(T+L)×d
+        ``L`` is the longest prompt.
+    mask : B×(T+L)
+        Zeros on the leading padding, ones on ``Z`` and ``x``.
+    position_ids : B×(T+L)
+        ``cumsum(mask) - 1`` clamped at 0 (padding gets 0).
+    """
+    if len(input_ids) == 0:
+        raise ValueError("generate needs at least one prompt")
+    if any(len(x) == 0 for x in input_ids):
+        raise ValueError("every prompt needs at least one token")
+    z = frozen.as_tensor(z)
+    if z is not None and z.shape[0] != len(input_ids):
+        raise ValueError(f"z has batch size {z.shape[0]} but there are {len(input_ids)} prompts")
+    pad = int(frozen.tokenizer.pad_token_id)
+    L = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), L), dtype=torch.long)
+    for i, x in enumerate(input_ids):
+        ids[i, : len(x)] = torch.as_tensor(list(x), dtype=torch.long)
+        mask[i, : len(x)] = 1
+    embeds, full_mask = frozen.build_inputs(z, ids, mask)  # right-padded [Z ; x ; pad]
+    embeds, full_mask = frozen.left_align(embeds, mask=full_mask)  # [pad ; Z ; x]
+    position_ids = (full_mask.cumsum(1) - 1).clamp(min=0)
+    return embeds, full_mask, position_ids
+
+
+def sample_next(
+    logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Pick the next token of each row.
+
+    Parameters
+    ----------
+    logits : B×V
+        Next-token logits.
+    config : GenerationConfig
+        Greedy or temperature + top-p sampling.
+    generator : torch.Generator, optional
+        Source of randomness for sampling.
+
+    Returns
+    -------
+    B
+        Token ids (``long``).
+    """
+    if not config.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    if config.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass strictly before each token
+        sorted_p = sorted_p.masked_fill(before >= config.top_p, 0.0)  # keeps at least the top token
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _eos_ids(frozen: FrozenModel) -> set[int]:
+    ids: set[int] = set()
+    tok_eos = frozen.tokenizer.eos_token_id
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    gen_cfg = getattr(frozen.model, "generation_config", None)
+    cfg_eos = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(cfg_eos, int):
+        ids.add(cfg_eos)
+    elif isinstance(cfg_eos, (list, tuple)):
+        ids.update(int(i) for i in cfg_eos)
+    return ids
+
+
+def _has_stop(text: str, stops: Sequence[str]) -> bool:
+    return any(s and s in text for s in stops)
+
+
+def _cut(text: str, stops: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+@torch.no_grad()
+def generate_tokens(
+    frozen: FrozenModel,
+    input_ids: Sequence[Sequence[int]],
+    z: torch.Tensor | np.ndarray | None = None,
+    config: GenerationConfig = GenerationConfig(),
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Generate token ids for a batch of prompts with a soft prefix and a KV cache.
+
+    Parameters
+    ----------
+    frozen : FrozenModel
+        ``causal`` frozen model (or a LoRA clone of one).
+    input_ids : sequence of B token-id sequences
+        Unpadded prompts (e.g. :func:`lopa_fed.code_tasks.encode_prompt`).
+    z : B×T×d tensor or array, optional
+        Soft prefix from :meth:`PromptedModel.prompts`.
+    config : GenerationConfig
+        Decoding options.
+    generator : torch.Generator, optional
+        Sampling randomness; by default one seeded with ``config.seed``.
+
+    Returns
+    -------
+    list of B lists of int
+        Generated ids per row, without the end-of-sequence token. A row that hit
+        a stop string ends with the token that completed it (the text still
+        contains the stop string; :func:`generate` cuts it). Finished rows are
+        dropped from the batch and the KV cache, so the remaining rows run faster.
+    """
+    if frozen.kind != "causal":
+        raise ValueError(f"generation needs a causal frozen model, got kind {frozen.kind!r}")
+    if config.do_sample and generator is None:
+        generator = torch.Generator().manual_seed(config.seed)
+    embeds, mask, pos = prompt_layout(frozen, input_ids, z)
+    B = embeds.shape[0]
+    tok = frozen.tokenizer
+    eos = _eos_ids(frozen)
+    pad = int(tok.pad_token_id)
+    model = frozen.model
+    out_ids: list[list[int]] = [[] for _ in range(B)]
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    can_prune = hasattr(cache, "batch_select_indices")
+    active = list(range(B))  # rows of the current tensors → prompt index
+    finished: set[int] = set()  # prompt indices that hit eos or a stop string
+    next_pos = pos[:, -1:] + 1  # B×1
+    for step in range(config.max_new_tokens):
+        nxt = sample_next(out.logits[:, -1], config, generator)  # len(active)
+        keep: list[int] = []
+        for j, i in enumerate(active):
+            if i in finished:
+                continue
+            t = int(nxt[j])
+            if t in eos:
+                finished.add(i)
+                continue
+            out_ids[i].append(t)
+            # every step checks the tail, so a stop string is seen the step it completes
+            if config.stop and _has_stop(
+                tok.decode(out_ids[i][-_TAIL:], skip_special_tokens=False), config.stop
+            ):
+                finished.add(i)
+                continue
+            keep.append(j)
+        if not keep or step == config.max_new_tokens - 1:
+            break
+        if can_prune and len(keep) < len(active):  # drop finished rows from the cache and the batch
+            sel = torch.tensor(keep, dtype=torch.long)
+            cache.batch_select_indices(sel)
+            mask, next_pos, nxt = mask[sel], next_pos[sel], nxt[sel]
+            active = [active[j] for j in keep]
+        feed = torch.tensor(
+            [[pad if i in finished else int(t)] for i, t in zip(active, nxt)], dtype=torch.long
+        )
+        mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], 1)
+        out = model(
+            input_ids=feed,
+            attention_mask=mask,
+            position_ids=next_pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        next_pos = next_pos + 1
+    return out_ids
+
+
+def generate(
+    frozen: FrozenModel,
+    input_ids: Sequence[Sequence[int]],
+    z: torch.Tensor | np.ndarray | None = None,
+    config: GenerationConfig = GenerationConfig(),
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """Generate continuations as text, cut before the earliest stop string.
+
+    Parameters
+    ----------
+    frozen, input_ids, z, config, generator
+        As in :func:`generate_tokens`.
+
+    Returns
+    -------
+    list of B str
+        Decoded continuations (special tokens kept unless they are end-of-sequence
+        tokens, which end a row and are never part of the text).
+    """
+    ids = generate_tokens(frozen, input_ids, z, config, generator)
+    texts = [frozen.tokenizer.decode(x, skip_special_tokens=False) for x in ids]
+    return [_cut(t, config.stop) for t in texts]
