@@ -49,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="GLUE task: sst2, rte, mrpc, cola (qnli, mnli, qqp if their files exist); code task: cruxeval-o, cruxeval-i, mbpp",
     )
     p.add_argument("--method", default="lopa", choices=METHODS, help="prompt method or baseline (default: lopa)")
-    p.add_argument("--model", default="default", help="frozen model: name, .gguf, local dir or hub id (default: MiniLM)")
+    p.add_argument("--model", default="default", help="frozen model: name, .gguf, local dir or hub id (default: MiniLM; smollm2 for code tasks)")
     p.add_argument("--encoder", default="default", help="frozen instance encoder (default: MiniLM)")
     p.add_argument(
         "--kind",
@@ -58,11 +58,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="how the frozen model is read: classification head, MLM verbalizer, causal-LM verbalizer (default: from its config)",
     )
     p.add_argument("--m", type=int, default=10, help="soft prompt tokens (default: 10)")
-    p.add_argument("--r", type=int, default=4, help="LoPA rank (default: 4)")
-    p.add_argument("--hidden", type=int, default=256, help="instance-head width h' (default: 256)")
+    p.add_argument("--r", type=int, default=4, help="LoPA rank (default: 4 on GLUE, 1 on code tasks)")
+    p.add_argument("--hidden", type=int, default=256, help="instance-head width h' (default: 256 on GLUE; the encoder width on code tasks)")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank for --method lora (default: 16)")
     p.add_argument("--data-dir", default=None, help="directory holding SST-2/, RTE/, ... (GLUE layout)")
-    p.add_argument("--max-length", type=int, default=256, help="token limit (default: 256)")
+    p.add_argument("--max-length", type=int, default=256, help="token limit (default: 256 on GLUE, 512 on code tasks)")
     p.add_argument("--seed", type=int, default=9876, help="random seed (default: 9876, the paper's)")
 
 
@@ -89,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(t)
-    t.add_argument("--epochs", type=int, default=20, help="epochs (default: 20, the paper's)")
+    t.add_argument("--epochs", type=int, default=20, help="epochs (default: 20 on GLUE, 5 on code tasks: the paper's)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the method)")
     t.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
     t.add_argument("--warmup", type=float, default=0.06, help="warmup fraction (default: 0.06)")
     t.add_argument("--train-limit", type=int, default=None, help="use a seeded subset of N training examples")
-    t.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N dev examples")
+    t.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N dev examples (code tasks: N test problems scored by pass@1)")
     t.add_argument("--val-fraction", type=float, default=0.1, help="share of train held out for validation")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--force", action="store_true", help="overwrite an existing run in --out")
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="checkpoint directory (the one holding config.json)")
     e.add_argument("--data-dir", default=None, help="directory holding SST-2/, RTE/, ...")
     e.add_argument("--limit", type=int, default=None, help="evaluate on the first N dev examples")
-    e.add_argument("--split", default="dev", choices=("dev", "train"), help="which split (default: dev)")
+    e.add_argument("--split", default="dev", choices=("dev", "train"), help="which split (default: dev; for code tasks dev = the test half)")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
     e.set_defaults(func=cmd_evaluate)
 
