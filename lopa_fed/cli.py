@@ -136,6 +136,24 @@ def _git_commit() -> str | None:
         return None
 
 
+def run_metrics(task_name: str, model, result: dict, **sections) -> dict:
+    """The ``metrics.json`` of a training run: identity, size and speed, then ``sections`` (val, dev, config, ...)."""
+    return {
+        "task": task_name,
+        "method": model.config.method,
+        "model": model.frozen.identity,
+        "model_kind": model.frozen.kind,
+        "encoder": model.encoder.identity if model.encoder is not None else None,
+        "trainable_params": model.num_trainable(),
+        "train_seconds": result["seconds"],
+        "examples_per_second": result["examples_per_second"],
+        "train": {k: v for k, v in result.items() if k != "losses"},
+        **sections,
+        "git_commit": _git_commit(),
+        "command": "lopa-fed " + " ".join(sys.argv[1:]),
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``lopa-fed train``."""
     from rich.table import Table
@@ -187,23 +205,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(model, splits.train, tcfg, progress=not args.no_progress, description=f"{task.name}/{cfg.method}")
     val = evaluate(model, splits.val, tcfg.eval_batch_size) if len(splits.val) else {}
     dev = evaluate(model, splits.test, tcfg.eval_batch_size)
-    metrics = {
-        "task": task.name,
-        "method": cfg.method,
-        "model": model.frozen.identity,
-        "model_kind": model.frozen.kind,
-        "encoder": model.encoder.identity if model.encoder is not None else None,
-        "trainable_params": model.num_trainable(),
-        "train_seconds": result["seconds"],
-        "examples_per_second": result["examples_per_second"],
-        "train": {k: v for k, v in result.items() if k != "losses"},
-        "val": val,
-        "dev": dev,
-        "config": {"lopa": cfg.to_dict(), "train": tcfg.to_dict()},
-        "data": {"train": len(splits.train), "val": len(splits.val), "dev": len(splits.test)},
-        "git_commit": _git_commit(),
-        "command": "lopa-fed " + " ".join(sys.argv[1:]),
-    }
+    metrics = run_metrics(
+        task.name,
+        model,
+        result,
+        val=val,
+        dev=dev,
+        config={"lopa": cfg.to_dict(), "train": tcfg.to_dict()},
+        data={"train": len(splits.train), "val": len(splits.val), "dev": len(splits.test)},
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "checkpoint", model, task=task.name, train=tcfg.to_dict())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

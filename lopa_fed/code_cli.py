@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,7 @@ def train_code(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .checkpoint import save_checkpoint
-    from .cli import _git_commit
+    from .cli import run_metrics
     from .code_eval import CODE_LIMITS, code_splits, default_generation, evaluate_loss, evaluate_pass_at_1
     from .code_tasks import get_code_task
     from .model import build_model
@@ -177,23 +176,15 @@ def train_code(args: argparse.Namespace) -> int:
     )
     eval_s = time.perf_counter() - t1
     test = {**_summary(res), "loss": test_loss["loss"], "answer_tokens": test_loss["answer_tokens"]}
-    metrics = {
-        "task": task.name,
-        "method": cfg.method,
-        "model": model.frozen.identity,
-        "model_kind": model.frozen.kind,
-        "encoder": model.encoder.identity if model.encoder is not None else None,
-        "trainable_params": model.num_trainable(),
-        "train_seconds": result["seconds"],
-        "examples_per_second": result["examples_per_second"],
-        "eval_seconds": eval_s,
-        "train": {k: v for k, v in result.items() if k != "losses"},
-        "test": test,
-        "config": {"lopa": cfg.to_dict(), "train": tcfg.to_dict(), "sandbox": CODE_LIMITS.__dict__},
-        "data": {"train": len(splits.train), "test": len(splits.test)},
-        "git_commit": _git_commit(),
-        "command": "lopa-fed " + " ".join(sys.argv[1:]),
-    }
+    metrics = run_metrics(
+        task.name,
+        model,
+        result,
+        eval_seconds=eval_s,
+        test=test,
+        config={"lopa": cfg.to_dict(), "train": tcfg.to_dict(), "sandbox": CODE_LIMITS.__dict__},
+        data={"train": len(splits.train), "test": len(splits.test)},
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         out / "checkpoint", model, task=task.name, train=tcfg.to_dict(), generation=res["generation"]

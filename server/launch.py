@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -296,19 +297,28 @@ def _flwr_run(
     return int(proc.returncode)
 
 
-def simulate(
+class _Terminated(SystemExit):
+    """Raised by the SIGTERM handler so that ``finally`` blocks stop every started process (exit code 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(128 + signum)
+
+
+def _launch(
     run_config: Mapping[str, Any],
     out_dir: Path,
-    *,
-    num_clients: int,
-    cpus_per_client: float = 1.0,
-    app_dir: Path | None = None,
-    timeout: float = 3600.0,
-    on_round: Callable[[dict[str, Any], Processes], None] | None = None,
+    app_dir: Path | None,
+    superlink_flags: list[str],
+    timeout: float,
+    on_round: Callable[[dict[str, Any], Processes], None] | None,
+    fed_cfg: str | None = None,
+    nodes: int = 0,
 ) -> LaunchResult:
-    """Run the apps in Flower's simulation runtime: our own SuperLink (``--simulation``) + ``flwr run``.
+    """Start a private SuperLink (plus ``nodes`` SuperNodes), run ``flwr run``, and stop every process by PID.
 
-    ``run_config`` must hold ``output-dir`` = ``out_dir`` (absolute) and ``num-server-rounds``.
+    SIGTERM is turned into an exception while this runs (main thread only), so a terminated
+    caller still stops the SuperLink, SuperNodes and Ray workers it started.
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -321,61 +331,13 @@ def simulate(
     procs = Processes()
     t0 = time.time()
     rc = -1
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
     try:
         sl = procs.start(
             "superlink",
             [
-                "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--disable-runtime-dependency-installation",
-            ],
-            logs["superlink"],
-            env,
-            cwd=out_dir,
-        )
-        wait_http(port, sl, log_path=logs["superlink"])
-        cfg_file = write_run_config(out_dir / "run-config.toml", complete_run_config(run_config, out_dir))
-        cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else float(cpus_per_client)
-        fed_cfg = f"num-supernodes={int(num_clients)} client-resources-num-cpus={cpus}"
-        rc = _flwr_run(
-            procs, app_dir, cfg_file, env, logs["flwr-run"], out_dir,
-            int(run_config.get("num-server-rounds", 0)), fed_cfg, timeout, on_round,
-        )
-    finally:
-        notes = procs.stop_all()
-    return LaunchResult(rc, time.time() - t0, out_dir, read_rounds(out_dir), logs, notes)
-
-
-def deploy_local(
-    run_config: Mapping[str, Any],
-    out_dir: Path,
-    *,
-    nodes: int,
-    app_dir: Path | None = None,
-    timeout: float = 3600.0,
-    on_round: Callable[[dict[str, Any], Processes], None] | None = None,
-) -> LaunchResult:
-    """Real deployment runtime on loopback: ``flower-superlink`` + ``nodes`` × ``flower-supernode`` + ``flwr run``.
-
-    SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=N"`` and its own port.
-    ``on_round(record, processes)`` is called for each finished round (e.g. to kill a node).
-    """
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    app_dir = app_dir or project_dir()
-    home = out_dir / "flwr-home"
-    env = flower_env(home)
-    port = free_port()
-    write_connection(home, f"127.0.0.1:{port}")
-    logs = {"superlink": out_dir / "logs" / "superlink.log", "flwr-run": out_dir / "logs" / "flwr-run.log"}
-    procs = Processes()
-    t0 = time.time()
-    rc = -1
-    try:
-        sl = procs.start(
-            "superlink",
-            [
-                "flower-superlink", "--insecure", "--isolation", "subprocess",
+                "flower-superlink", "--insecure", *superlink_flags, "--isolation", "subprocess",
                 "--host", "127.0.0.1", "--port", str(port),
                 "--disable-runtime-dependency-installation",
             ],
@@ -406,8 +368,46 @@ def deploy_local(
         cfg_file = write_run_config(out_dir / "run-config.toml", complete_run_config(run_config, out_dir))
         rc = _flwr_run(
             procs, app_dir, cfg_file, env, logs["flwr-run"], out_dir,
-            int(run_config.get("num-server-rounds", 0)), None, timeout, on_round,
+            int(run_config.get("num-server-rounds", 0)), fed_cfg, timeout, on_round,
         )
     finally:
         notes = procs.stop_all()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return LaunchResult(rc, time.time() - t0, out_dir, read_rounds(out_dir), logs, notes)
+
+
+def simulate(
+    run_config: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    num_clients: int,
+    cpus_per_client: float = 1.0,
+    app_dir: Path | None = None,
+    timeout: float = 3600.0,
+    on_round: Callable[[dict[str, Any], Processes], None] | None = None,
+) -> LaunchResult:
+    """Run the apps in Flower's simulation runtime: our own SuperLink (``--simulation``) + ``flwr run``.
+
+    ``run_config`` must hold ``output-dir`` = ``out_dir`` (absolute) and ``num-server-rounds``.
+    """
+    cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else float(cpus_per_client)
+    fed_cfg = f"num-supernodes={int(num_clients)} client-resources-num-cpus={cpus}"
+    return _launch(run_config, out_dir, app_dir, ["--simulation"], timeout, on_round, fed_cfg=fed_cfg)
+
+
+def deploy_local(
+    run_config: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    nodes: int,
+    app_dir: Path | None = None,
+    timeout: float = 3600.0,
+    on_round: Callable[[dict[str, Any], Processes], None] | None = None,
+) -> LaunchResult:
+    """Real deployment runtime on loopback: ``flower-superlink`` + ``nodes`` × ``flower-supernode`` + ``flwr run``.
+
+    SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=N"`` and its own port.
+    ``on_round(record, processes)`` is called for each finished round (e.g. to kill a node).
+    """
+    return _launch(run_config, out_dir, app_dir, [], timeout, on_round, nodes=nodes)
