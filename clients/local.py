@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from lopa_fed import weights
+from lopa_fed.code_eval import default_generation, encode_code_examples, evaluate_loss, evaluate_pass_at_1
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.model import PromptedModel, build_model
 from lopa_fed.tasks import get_task
 from lopa_fed.train import evaluate, fit
 
-from .partition import load_local_data
+from .partition import LocalData, load_local_data
 from .settings import FedSettings, federated_names
 from .state import PrivateStore
 
@@ -52,18 +53,36 @@ def model_loads() -> int:
 def new_model(settings: FedSettings) -> PromptedModel:
     """A fresh model; the frozen model and encoder come from the per-process cache."""
     return build_model(
-        get_task(settings.task), settings.lopa_config(), settings.model, settings.encoder, seed=settings.seed
+        settings.task_spec(),
+        settings.lopa_config(),
+        settings.model_name,
+        settings.encoder,
+        kind=settings.kind,
+        seed=settings.seed,
     )
 
 
 @functools.lru_cache(maxsize=32)
+def local_data(settings: FedSettings, partition_id: int, num_partitions: int, data_dir: str) -> LocalData:
+    """The raw local examples of a partition (cached per process)."""
+    return load_local_data(settings, partition_id, num_partitions, data_dir)
+
+
+@functools.lru_cache(maxsize=32)
 def local_datasets(settings: FedSettings, partition_id: int, num_partitions: int, data_dir: str) -> tuple[EncodedDataset, EncodedDataset]:
-    """Encoded local ``(train, test)`` of a partition (cached per process: it is derived data, not state)."""
-    data = load_local_data(settings, partition_id, num_partitions, data_dir)
-    model = new_model(settings)
+    """Encoded local ``(train, test)`` of a partition (cached per process: it is derived data, not state).
+
+    GLUE items carry labels; code-task items carry ``lm_labels`` (answer-token loss).
+    """
+    data = local_data(settings, partition_id, num_partitions, data_dir)
+    frozen = new_model(settings).frozen
+    if settings.is_code_task:
+        train = encode_code_examples(list(data.train), frozen, settings.token_limit)
+        test = encode_code_examples(list(data.test), frozen, settings.token_limit)
+        return train, test
     task = get_task(settings.task)
-    train = encode_examples(list(data.train), task, model.frozen, settings.max_length)
-    test = encode_examples(list(data.test), task, model.frozen, settings.max_length)
+    train = encode_examples(list(data.train), task, frozen, settings.token_limit)
+    test = encode_examples(list(data.test), task, frozen, settings.token_limit)
     return train, test
 
 
@@ -155,9 +174,16 @@ def local_train(
 
 
 def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> dict[str, float | int]:
-    """Personalised evaluation: own private tensors + received global ones, on the local test split."""
+    """Personalised evaluation: own private tensors + received global ones, on the local test split.
+
+    GLUE: ``accuracy`` and the task metric ``score``. Code tasks: ``accuracy`` and ``score``
+    are execution-based pass@1 on the client's test problems (greedy generation, sandboxed
+    checks) and ``eval-loss`` is the answer-token loss.
+    """
     _, test_ds = local_datasets(settings, env.partition_id, env.num_partitions, env.data_dir)
     model, _, restored = prepare(settings, env, received)
+    if settings.is_code_task:
+        return _code_evaluate(settings, env, model, test_ds) | {"private-restored": int(restored)}
     res = evaluate(model, test_ds)
     return {
         "num-examples": int(res["num_examples"]),
@@ -167,4 +193,31 @@ def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str,
         "partition-id": int(env.partition_id),
         "model-loads": model_loads(),
         "private-restored": int(restored),
+    }
+
+
+def _code_evaluate(
+    settings: FedSettings, env: ClientEnv, model: PromptedModel, test_ds: EncodedDataset
+) -> dict[str, float | int]:
+    """pass@1 and answer-token loss of a code-task client on its share of the test half."""
+    data = local_data(settings, env.partition_id, env.num_partitions, env.data_dir)
+    loss = evaluate_loss(model, test_ds, batch_size=settings.batch_size)
+    overrides = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
+    task = settings.task_spec()
+    res = evaluate_pass_at_1(
+        model,
+        task,
+        list(data.test),
+        generation=default_generation(task, **overrides),
+        batch_size=settings.batch_size,
+        max_prompt_length=settings.token_limit,
+        workers=1,
+    )
+    return {
+        "num-examples": int(res["num_problems"]),
+        "accuracy": float(res["pass_at_1"]),
+        "score": float(res["pass_at_1"]),
+        "eval-loss": float(loss["loss"]),
+        "partition-id": int(env.partition_id),
+        "model-loads": model_loads(),
     }

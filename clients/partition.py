@@ -1,11 +1,19 @@
-"""Client data: flwr-datasets partitions of the real GLUE train split, offline.
+"""Client data: flwr-datasets partitions of the real GLUE or code-task data, offline.
 
-The task's train split (read by :mod:`lopa_fed.tasks` from local TSV files) is
+GLUE: the task's train split (read by :mod:`lopa_fed.tasks` from local TSV files) is
 optionally cut to a seeded pool, shuffled with the seed, wrapped in a local
 :class:`datasets.Dataset` and handed to a flwr-datasets partitioner through
 ``partitioner.dataset = ds`` (no hub access). Each partition is then split into a
-local train and a local test set. Everything is a pure function of the settings,
-so every process computes the same partitions.
+local train and a local test set.
+
+Code tasks (CruxEval-O/I, MBPP): the problems are split 50/50 into train and test
+halves as in the paper (seeded); the train half (cut to the pool) and the test half
+are each partitioned iid, so client ``i`` trains on its share of the train half and
+scores pass@1 on its share of the test half; the union over clients is the whole
+test half.
+
+Everything is a pure function of the settings, so every process computes the same
+partitions.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lopa_fed.code_tasks import CodeExample, get_code_task
 from lopa_fed.tasks import Example, get_task
 
 from .settings import FedSettings
@@ -24,8 +33,8 @@ from .settings import FedSettings
 class LocalData:
     """One client's examples: ``train`` and ``test`` (disjoint), and the pool indices they came from."""
 
-    train: tuple[Example, ...]
-    test: tuple[Example, ...]
+    train: tuple[Example, ...] | tuple[CodeExample, ...]
+    test: tuple[Example, ...] | tuple[CodeExample, ...]
     indices: tuple[int, ...]
 
 
@@ -56,6 +65,27 @@ def make_partitioner(name: str, num_partitions: int, *, alpha: float, classes_pe
 
 
 @functools.lru_cache(maxsize=8)
+def _examples(task: str, data_dir: str, seed: int, which: str) -> tuple:
+    """The examples that are partitioned: GLUE train split, or a half of a code task's 50/50 split."""
+    try:
+        code = get_code_task(task)
+    except KeyError:
+        return tuple(get_task(task).read("train", data_dir or None))
+    train, test = code.split(code.read(data_dir or None), seed=seed)
+    return tuple(train if which == "train" else test)
+
+
+def _split_indices(n: int, num_partitions: int, seed: int) -> tuple[tuple[int, ...], ...]:
+    """iid flwr-datasets partitions of ``range(n)`` after a seeded shuffle (code-task test half)."""
+    from datasets import Dataset
+
+    order = np.random.default_rng(seed).permutation(n)
+    part = make_partitioner("iid", num_partitions, alpha=1.0, classes_per_partition=1, seed=seed)
+    part.dataset = Dataset.from_dict({"idx": order.tolist()})
+    return tuple(tuple(int(i) for i in part.load_partition(p)["idx"]) for p in range(num_partitions))
+
+
+@functools.lru_cache(maxsize=8)
 def _partition_indices(
     task: str,
     data_dir: str,
@@ -69,12 +99,13 @@ def _partition_indices(
     """Pool indices of every partition (cached per process; all partitions computed at once)."""
     from datasets import Dataset
 
-    examples = get_task(task).read("train", data_dir or None)
+    examples = _examples(task, data_dir, seed, "train")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
     if pool_size and pool_size < len(order):
         order = order[:pool_size]
-    ds = Dataset.from_dict({"idx": order.tolist(), "label": [examples[i].label for i in order]})
+    labels = [getattr(examples[i], "label", 0) for i in order]
+    ds = Dataset.from_dict({"idx": order.tolist(), "label": labels})
     part = make_partitioner(
         partitioner, num_partitions, alpha=alpha, classes_per_partition=classes_per_partition, seed=seed
     )
@@ -118,9 +149,24 @@ def load_local_data(settings: FedSettings, partition_id: int, num_partitions: in
         settings.classes_per_partition,
     )
     idx = parts[partition_id]
+    if settings.is_code_task:
+        if not idx:
+            raise ValueError(f"partition {partition_id} has no training problem; use a larger pool-size or fewer clients")
+        train_half = _examples(settings.task, data_dir, settings.seed, "train")
+        test_half = _examples(settings.task, data_dir, settings.seed, "test")
+        test_idx = _split_indices(len(test_half), num_partitions, settings.seed)[partition_id]
+        if settings.max_test_examples:
+            test_idx = test_idx[: settings.max_test_examples]
+        if not test_idx:
+            raise ValueError(f"partition {partition_id} has no test problem; use fewer clients")
+        return LocalData(
+            train=tuple(train_half[i] for i in sorted(idx)),
+            test=tuple(test_half[i] for i in sorted(test_idx)),
+            indices=tuple(idx),
+        )
     if len(idx) < 2:
         raise ValueError(f"partition {partition_id} has {len(idx)} example(s); use a larger pool-size or fewer clients")
-    examples = get_task(settings.task).read("train", data_dir or None)
+    examples = _examples(settings.task, data_dir, settings.seed, "train")
     rng = np.random.default_rng([settings.seed, partition_id])
     perm = rng.permutation(len(idx))
     n_test = min(max(1, int(round(len(idx) * settings.test_fraction))), len(idx) - 1)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lopa_fed.code_tasks import CODE_TASKS, CodeTask, get_code_task
 from lopa_fed.config import METHODS, ConfigError, LoPAConfig, TrainConfig
+from lopa_fed.tasks import TASKS, Task, get_task
 
 #: ``federate`` modes (see :func:`federated_names`).
 FEDERATE_MODES = ("zs", "zs+heads", "all", "none")
@@ -58,14 +60,21 @@ class FedSettings:
     Parameters
     ----------
     task : str
-        GLUE task (``sst2``, ``rte``, ``mrpc``, ``cola``).
+        GLUE task (``sst2``, ``rte``, ``mrpc``, ``cola``) or code task (``cruxeval-o``,
+        ``cruxeval-i``, ``mbpp``; iid partitions of the paper's 50/50 train and test halves,
+        answer-token LM loss, pass@1 on each client's share of the test half).
     method, model, encoder, m, r, hidden
         Prompt method and sizes (see :class:`lopa_fed.config.LoPAConfig`); ``model`` and
-        ``encoder`` are names understood by :func:`lopa_fed.model.build_model`.
+        ``encoder`` are names understood by :func:`lopa_fed.model.build_model`. ``model =
+        "default"`` is the packaged MiniLM for GLUE and SmolLM2-135M-Instruct for code tasks.
     num_server_rounds : int
         Total number of rounds (a resumed run continues up to this number).
     local_epochs, local_steps, batch_size, lr, max_length
-        Local training budget; ``local_steps=0`` means no step cap, ``lr=0`` the paper's lr.
+        Local training budget; ``local_steps=0`` means no step cap, ``lr=0`` the paper's lr,
+        ``max_length=0`` the task's default (128 tokens for GLUE, 512 for code tasks).
+    max_new_tokens : int
+        Code tasks: generation budget for pass@1 (``0``: the task's default, 64 for
+        CruxEval and 256 for MBPP).
     federate : str
         One of :data:`FEDERATE_MODES`.
     partitioner, alpha, classes_per_partition
@@ -107,7 +116,8 @@ class FedSettings:
     local_steps: int = 10
     batch_size: int = 16
     lr: float = 1e-3
-    max_length: int = 128
+    max_length: int = 0
+    max_new_tokens: int = 0
     federate: str = "zs"
     partitioner: str = "iid"
     alpha: float = 0.5
@@ -147,7 +157,7 @@ class FedSettings:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{key_of(name)} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("local_steps", "pool_size", "max_test_examples", "krum_malicious"):
+        for name in ("local_steps", "pool_size", "max_test_examples", "krum_malicious", "max_length", "max_new_tokens"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{key_of(name)} must be >= 0, got {getattr(self, name)!r}")
         for name in ("lr", "max_update_norm", "dp_noise", "dp_clip", "proximal_mu"):
@@ -166,6 +176,22 @@ class FedSettings:
             raise ConfigError(f"trim-beta must be in [0, 0.5), got {self.trim_beta!r}")
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise ConfigError("dp-noise > 0 needs dp-clip > 0 (the clipping norm)")
+        if not self.is_code_task:
+            try:
+                get_task(self.task)
+            except KeyError:
+                raise ConfigError(
+                    f"task: unknown {self.task!r}; choose a GLUE task ({', '.join(TASKS)}) "
+                    f"or a code task ({', '.join(CODE_TASKS)})"
+                ) from None
+        else:
+            if self.partitioner != "iid":
+                raise ConfigError(
+                    f"partitioner: {self.partitioner!r} partitions by label, and code task {self.task!r} has no "
+                    "labels; use partitioner iid"
+                )
+            if self.method == "head":
+                raise ConfigError("method: 'head' trains a classification head, which a code task does not have")
         self.lopa_config()  # validates m, r, hidden
         self.train_config()
 
@@ -210,6 +236,30 @@ class FedSettings:
         return {key_of(k): v for k, v in dataclasses.asdict(self).items()}
 
     # ---------------------------------------------------------------- derived
+    @property
+    def is_code_task(self) -> bool:
+        """Whether ``task`` is a code task (CruxEval-O/I, MBPP) rather than a GLUE task."""
+        return self.task.strip().lower().replace("_", "-") in CODE_TASKS
+
+    def task_spec(self) -> Task | CodeTask:
+        """The task object (:class:`lopa_fed.tasks.Task` or :class:`lopa_fed.code_tasks.CodeTask`)."""
+        return get_code_task(self.task) if self.is_code_task else get_task(self.task)
+
+    @property
+    def model_name(self) -> str:
+        """The frozen model to load: ``model``, with ``default`` meaning SmolLM2 for code tasks."""
+        return "smollm2" if self.is_code_task and self.model == "default" else self.model
+
+    @property
+    def kind(self) -> str:
+        """Frozen-model kind: ``causal`` for code tasks, else ``auto``."""
+        return "causal" if self.is_code_task else "auto"
+
+    @property
+    def token_limit(self) -> int:
+        """``max_length``, or the task's default when it is 0 (128 GLUE, 512 code)."""
+        return self.max_length or (512 if self.is_code_task else 128)
+
     def lopa_config(self) -> LoPAConfig:
         """The prompt method and sizes."""
         return LoPAConfig(method=self.method, m=self.m, r=self.r, hidden=self.hidden)
@@ -222,7 +272,7 @@ class FedSettings:
             max_steps=self.local_steps if self.local_steps > 0 else None,
             batch_size=self.batch_size,
             seed=self.seed if seed is None else seed,
-            max_length=self.max_length,
+            max_length=self.token_limit,
         )
 
     def fingerprint(self) -> str:

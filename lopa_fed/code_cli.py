@@ -6,8 +6,8 @@ on the answer-token LM loss; evaluation is execution-based pass@1
 (:func:`lopa_fed.code_eval.evaluate_pass_at_1`).
 
 Code-task defaults (the paper's, LOPA.md "Training settings"). The shared parser
-carries GLUE defaults; an option left at its GLUE default (or ``None``) is
-treated as unset and replaced here:
+leaves these options unset (``None``); the GLUE path fills in the GLUE column and
+this module the code-task column. An explicit value is always kept:
 
 =================  ==========  =============================================
 option             GLUE        code task
@@ -35,9 +35,7 @@ from typing import Any
 
 from .config import ConfigError, LoPAConfig, TrainConfig
 
-#: GLUE defaults of the shared parser that mean "unset" for a code task.
-GLUE_DEFAULTS: dict[str, Any] = {"r": 4, "hidden": 256, "epochs": 20, "max_length": 256}
-#: The paper's code-task settings that replace them.
+#: The paper's code-task settings for options left unset.
 CODE_DEFAULTS: dict[str, Any] = {"r": 1, "hidden": None, "epochs": 5, "max_length": 512}
 #: Paper learning rates on the code tasks.
 CODE_LR = {"pt": 1e-3, "idpg": 1e-3, "lopa": 1e-3, "lora": 1e-4, "head": 1e-4}
@@ -80,9 +78,9 @@ def resolve_code_args(args: argparse.Namespace) -> dict[str, Any]:
     if kind not in ("auto", "causal"):
         raise ConfigError(f"code tasks need a causal LM (--kind causal or auto), got --kind {kind}")
     out["kind"] = "causal"
-    for name, glue in GLUE_DEFAULTS.items():
+    for name, default in CODE_DEFAULTS.items():
         value = getattr(args, name, None)
-        out[name] = CODE_DEFAULTS[name] if value is None or value == glue else value
+        out[name] = default if value is None else value
     lr = getattr(args, "lr", None)
     out["lr"] = float(lr) if lr is not None else code_lr(args.method)
     return out
@@ -125,7 +123,7 @@ def train_code(args: argparse.Namespace) -> int:
         hidden = opts["hidden"]
         if hidden is None:
             if args.method in ("pt", "lora", "head"):
-                hidden = GLUE_DEFAULTS["hidden"]  # unused by these methods
+                hidden = 256  # unused by these methods
             else:
                 from .encoder import InstanceEncoder
 

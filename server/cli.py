@@ -27,6 +27,8 @@ _OPTIONS: dict[str, str] = {
     "local_steps": "local-steps",
     "batch_size": "batch-size",
     "lr": "lr",
+    "max_length": "max-length",
+    "max_new_tokens": "max-new-tokens",
     "pool_size": "pool-size",
     "max_test_examples": "max-test-examples",
     "seed": "seed",
@@ -44,9 +46,14 @@ _OPTIONS: dict[str, str] = {
 def _add_common(p: argparse.ArgumentParser) -> None:
     from clients.settings import FEDERATE_MODES, PARTITIONERS, STRATEGIES
 
-    p.add_argument("--task", help="GLUE task: sst2, rte, mrpc, cola (default: sst2)")
+    p.add_argument(
+        "--task",
+        help="GLUE task: sst2, rte, mrpc, cola; or code task: cruxeval-o, cruxeval-i, mbpp (default: sst2)",
+    )
     p.add_argument("--method", help="prompt method (default: lopa)")
-    p.add_argument("--model", help="frozen model name (default: the packaged MiniLM)")
+    p.add_argument(
+        "--model", help="frozen model name (default: the packaged MiniLM; SmolLM2-135M for code tasks)"
+    )
     p.add_argument("--encoder", help="instance encoder name (default: the packaged MiniLM)")
     p.add_argument("--rounds", type=int, help="number of server rounds (default: 3)")
     p.add_argument("--federate", choices=FEDERATE_MODES, help="what is sent (default: zs)")
@@ -57,6 +64,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-steps", type=int, help="cap on local optimiser steps per round, 0 = none (default: 10)")
     p.add_argument("--batch-size", type=int, help="local batch size (default: 16)")
     p.add_argument("--lr", type=float, help="local learning rate, 0 = paper default (default: 1e-3)")
+    p.add_argument(
+        "--max-length", type=int, help="token limit per example, 0 = task default (128 GLUE, 512 code)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, help="code tasks: generation budget for pass@1, 0 = task default (64/256)"
+    )
     p.add_argument("--pool-size", type=int, help="train examples that are partitioned, 0 = all (default: 2000)")
     p.add_argument("--max-test-examples", type=int, help="cap on each client's local test split (default: 200)")
     p.add_argument("--seed", type=int, help="seed of partitioning, splits, init and training (default: 9876)")
@@ -128,6 +141,8 @@ def run_config_from_args(args: argparse.Namespace, num_clients: int) -> dict[str
         except tomllib.TOMLDecodeError:
             cfg[k.strip()] = v
     cfg.setdefault("min-nodes", num_clients)
+    if FedSettings(task=str(cfg.get("task", "sst2"))).is_code_task:
+        cfg.setdefault("r", 1)  # the paper's code-task rank (LOPA.md); GLUE keeps r = 4
     if args.resume:
         cfg["resume"] = True
     if int(cfg["min-nodes"]) > num_clients:
@@ -154,7 +169,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
     app_dir = Path(args.app_dir).resolve() if args.app_dir else None
     console.print(
         f"[bold]{mode}[/]: {n} clients, {settings.num_server_rounds} rounds, task {settings.task}, "
-        f"method {settings.method}, federate={settings.federate}, {settings.partitioner} partitions, "
+        f"model {settings.model_name}, method {settings.method} (r={settings.r}), federate={settings.federate}, {settings.partitioner} partitions, "
         f"strategy {settings.strategy} → {out}"
     )
     progress = Progress(
@@ -167,7 +182,8 @@ def _run(args: argparse.Namespace, mode: str) -> int:
 
         def on_round(rec: dict[str, Any], _procs: Any) -> None:
             acc = rec.get("acc_mean")
-            info = f"acc {acc:.3f}" if acc is not None else "acc n/a"
+            metric = "pass@1" if settings.is_code_task else "acc"
+            info = f"{metric} {acc:.3f}" if acc is not None else f"{metric} n/a"
             progress.update(
                 bar, completed=int(rec["round"]),
                 info=f"{info}  up {rec['bytes_up']:,} B  down {rec['bytes_down']:,} B  {rec['seconds']:.0f}s/round",
@@ -200,7 +216,8 @@ def print_summary(console: Any, rounds: list[dict[str, Any]], title: str = "roun
         return "–" if x is None else fmt.format(x)
 
     t = Table(title=title)
-    for col in ("rnd", "loss", "acc", "min", "max", "up B", "down B", "ok", "fail", "rej", "s"):
+    metric = "pass@1" if rounds and rounds[0].get("metric") == "pass@1" else "acc"
+    for col in ("rnd", "loss", metric, "min", "max", "up B", "down B", "ok", "fail", "rej", "s"):
         t.add_column(col, justify="right")
     for r in rounds:
         t.add_row(

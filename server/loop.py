@@ -192,6 +192,7 @@ def run_federation(grid: Grid, settings: FedSettings) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "round": rnd,
             "label": f"{settings.task} {settings.method} federate={settings.federate} {settings.strategy}",
+            "metric": "pass@1" if settings.is_code_task else "accuracy",
             "train_loss": train_loss,
             "acc_mean": acc["mean"],
             "acc_min": acc["min"],

@@ -107,11 +107,12 @@ def plot_rounds(records: Sequence[dict[str, Any]], path: Path) -> None:
     rounds = [int(r["round"]) for r in records]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     mean, lo, hi = col("acc_mean"), col("acc_min"), col("acc_max")
-    ax1.plot(rounds, mean, marker="o", label="personalised acc (weighted mean)")
+    metric = records[0].get("metric", "accuracy") if records else "accuracy"
+    ax1.plot(rounds, mean, marker="o", label=f"personalised {metric} (weighted mean)")
     if any(not math.isnan(x) for x in lo):
         ax1.fill_between(rounds, lo, hi, alpha=0.2, label="min–max across clients")
     ax1.set_xlabel("round")
-    ax1.set_ylabel("accuracy")
+    ax1.set_ylabel(metric)
     ax1.set_ylim(0, 1)
     ax1.grid(alpha=0.3)
     ax1.legend(loc="lower right", fontsize=8)

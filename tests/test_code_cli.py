@@ -21,10 +21,10 @@ def _args(**kw) -> argparse.Namespace:
     base = {
         "model": "default",
         "kind": "auto",
-        "r": 4,
-        "hidden": 256,
-        "epochs": 20,
-        "max_length": 256,
+        "r": None,
+        "hidden": None,
+        "epochs": None,
+        "max_length": None,
         "lr": None,
     }
     base.update(kw)
@@ -32,7 +32,7 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**base)
 
 
-def test_glue_defaults_become_the_papers_code_defaults():
+def test_unset_options_become_the_papers_code_defaults():
     got = resolve_code_args(_args())
     assert got == {
         "model": "smollm2",
@@ -45,7 +45,13 @@ def test_glue_defaults_become_the_papers_code_defaults():
     }
     assert resolve_code_args(_args(method="lora"))["lr"] == 1e-4
     assert resolve_code_args(_args(method="pt"))["lr"] == 1e-3 == code_lr("lopa-add") == code_lr("idpg")
-    # explicit non-default values are kept; None (a parser without GLUE defaults) means unset too
+    # explicit values are kept, including the GLUE defaults (an explicit --r 4 is not "unset")
+    got = resolve_code_args(_args(r=4, hidden=256, epochs=20, max_length=256))
+    assert (got["r"], got["hidden"], got["epochs"], got["max_length"]) == (4, 256, 20, 256)
+    parsed = cli.build_parser().parse_args(["train", "--task", "mbpp", "--out", "x"])
+    assert resolve_code_args(parsed)["r"] == 1
+    parsed = cli.build_parser().parse_args(["train", "--task", "mbpp", "--r", "4", "--out", "x"])
+    assert resolve_code_args(parsed)["r"] == 4
     got = resolve_code_args(
         _args(model="some/llm", kind="causal", r=2, hidden=64, epochs=3, max_length=300, lr=5e-4)
     )
@@ -58,8 +64,6 @@ def test_glue_defaults_become_the_papers_code_defaults():
         "max_length": 300,
         "lr": 5e-4,
     }
-    got = resolve_code_args(_args(r=None, hidden=None, epochs=None, max_length=None))
-    assert (got["r"], got["epochs"], got["max_length"]) == (1, 5, 512)
     with pytest.raises(ConfigError, match="causal"):
         resolve_code_args(_args(kind="mlm"))
     with pytest.raises(ConfigError, match="head"):

@@ -76,3 +76,45 @@ def test_cli_options_become_run_config():
     bad = build_parser().parse_args(["deploy-local", "--nodes", "2", "--min-nodes", "3", "--out", "x"])
     with pytest.raises(ValueError, match="min-nodes"):
         run_config_from_args(bad, 2)
+
+
+@pytest.mark.parametrize("task", ["cruxeval-o", "mbpp"])
+def test_code_task_partitions_split_both_halves(task):
+    from lopa_fed.code_tasks import get_code_task
+
+    s = FedSettings(task=task, pool_size=0, max_test_examples=0, seed=9876)
+    parts = [load_local_data(s, i, 3) for i in range(3)]
+    code = get_code_task(task)
+    train_half, test_half = code.split(code.read(None), seed=9876)
+    train_uids = [e.uid for p in parts for e in p.train]
+    test_uids = [e.uid for p in parts for e in p.test]
+    # every problem of each half goes to exactly one client; train and test never mix
+    assert sorted(train_uids) == sorted(e.uid for e in train_half)
+    assert sorted(test_uids) == sorted(e.uid for e in test_half)
+    assert not set(train_uids) & set(test_uids)
+    assert load_local_data(FedSettings(task=task, pool_size=0, max_test_examples=0), 2, 3) == parts[2]
+    capped = load_local_data(FedSettings(task=task, pool_size=30, max_test_examples=4), 0, 3)
+    assert len(capped.test) == 4 and 0 < len(capped.train) <= 30
+
+
+def test_code_task_settings():
+    s = FedSettings(task="cruxeval-i")
+    assert s.is_code_task and s.model_name == "smollm2" and s.kind == "causal" and s.token_limit == 512
+    assert FedSettings(task="mbpp", model="some/llm", max_length=300).model_name == "some/llm"
+    assert FedSettings().model_name == "default" and FedSettings().token_limit == 128
+    with pytest.raises(ConfigError, match="iid"):
+        FedSettings(task="mbpp", partitioner="dirichlet")
+    with pytest.raises(ConfigError, match="head"):
+        FedSettings(task="mbpp", method="head")
+    with pytest.raises(ConfigError, match="cruxeval-o"):
+        FedSettings(task="humaneval")
+
+
+def test_code_task_cli_uses_the_papers_rank():
+    from lopa_fed.cli import build_parser
+    from server.cli import run_config_from_args
+
+    args = build_parser().parse_args(["simulate", "--task", "mbpp", "--max-new-tokens", "32", "--out", "x"])
+    assert run_config_from_args(args, 2) == {"task": "mbpp", "max-new-tokens": 32, "min-nodes": 2, "r": 1}
+    args = build_parser().parse_args(["simulate", "--task", "mbpp", "--set", "r=2", "--out", "x"])
+    assert run_config_from_args(args, 2)["r"] == 2
