@@ -38,10 +38,27 @@ class LocalData:
     indices: tuple[int, ...]
 
 
-def make_partitioner(name: str, num_partitions: int, *, alpha: float, classes_per_partition: int, seed: int):
-    """Build a flwr-datasets partitioner by name (``iid``, ``dirichlet`` over labels, ``pathological``)."""
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+def make_partitioner(
+    name: str, num_partitions: int, *, alpha: float, classes_per_partition: int, seed: int, num_examples: int = 0
+):
+    """Build a flwr-datasets partitioner by name.
 
+    ``iid``; ``dirichlet`` (each label's examples are spread over the partitions by
+    Dir(α), so partition sizes vary); ``inner-dirichlet`` (equal partition sizes, each
+    partition's label mix ~ Dir(α); needs ``num_examples``); ``pathological``
+    (``classes_per_partition`` labels per partition).
+    """
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        InnerDirichletPartitioner,
+        PathologicalPartitioner,
+    )
+
+    if name == "inner-dirichlet":
+        base, extra = divmod(num_examples, num_partitions)
+        sizes = [base + (1 if i < extra else 0) for i in range(num_partitions)]
+        return InnerDirichletPartitioner(partition_sizes=sizes, partition_by="label", alpha=alpha, seed=seed)
     if name == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if name == "dirichlet":
@@ -107,10 +124,24 @@ def _partition_indices(
     labels = [getattr(examples[i], "label", 0) for i in order]
     ds = Dataset.from_dict({"idx": order.tolist(), "label": labels})
     part = make_partitioner(
-        partitioner, num_partitions, alpha=alpha, classes_per_partition=classes_per_partition, seed=seed
+        partitioner,
+        num_partitions,
+        alpha=alpha,
+        classes_per_partition=classes_per_partition,
+        seed=seed,
+        num_examples=len(order),
     )
     part.dataset = ds
-    return tuple(tuple(int(i) for i in part.load_partition(p)["idx"]) for p in range(num_partitions))
+    try:
+        return tuple(tuple(int(i) for i in part.load_partition(p)["idx"]) for p in range(num_partitions))
+    except ValueError as exc:
+        if partitioner != "dirichlet":
+            raise
+        raise ValueError(
+            f"the dirichlet partitioner could not give each of {num_partitions} clients 2 or more of "
+            f"{len(order)} examples at alpha={alpha} ({exc}); use partitioner inner-dirichlet (equal client "
+            "sizes, label mix ~ Dir(alpha)), a larger alpha or pool-size, or fewer clients"
+        ) from exc
 
 
 def partition_sizes(settings: FedSettings, num_partitions: int, data_dir: str = "") -> list[int]:

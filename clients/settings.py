@@ -25,7 +25,7 @@ from lopa_fed.tasks import TASKS, Task, get_task
 #: ``federate`` modes (see :func:`federated_names`).
 FEDERATE_MODES = ("zs", "zs+heads", "all", "none")
 #: Partitioners from flwr-datasets.
-PARTITIONERS = ("iid", "dirichlet", "pathological")
+PARTITIONERS = ("iid", "dirichlet", "inner-dirichlet", "pathological")
 #: Strategies from ``flwr.serverapp.strategy`` selectable by name.
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 
@@ -63,8 +63,8 @@ class FedSettings:
         GLUE task (``sst2``, ``rte``, ``mrpc``, ``cola``) or code task (``cruxeval-o``,
         ``cruxeval-i``, ``mbpp``; iid partitions of the paper's 50/50 train and test halves,
         answer-token LM loss, pass@1 on each client's share of the test half).
-    method, model, encoder, m, r, hidden
-        Prompt method and sizes (see :class:`lopa_fed.config.LoPAConfig`); ``model`` and
+    method, model, encoder, m, r, hidden, zs_init
+        Prompt method, sizes and Zs initialisation (see :class:`lopa_fed.config.LoPAConfig`); ``model`` and
         ``encoder`` are names understood by :func:`lopa_fed.model.build_model`. ``model =
         "default"`` is the packaged MiniLM for GLUE and SmolLM2-135M-Instruct for code tasks.
     num_server_rounds : int
@@ -78,7 +78,10 @@ class FedSettings:
     federate : str
         One of :data:`FEDERATE_MODES`.
     partitioner, alpha, classes_per_partition
-        flwr-datasets partitioner, Dirichlet concentration, classes per pathological partition.
+        flwr-datasets partitioner (``iid``; ``dirichlet``: each label spread over clients by
+        Dir(α), client sizes vary; ``inner-dirichlet``: equal client sizes, each client's
+        label mix ~ Dir(α); ``pathological``), Dirichlet concentration, classes per
+        pathological partition.
     pool_size : int
         Seeded subset of the task's train split that is partitioned (``0``: all of it).
     test_fraction, max_test_examples
@@ -111,6 +114,7 @@ class FedSettings:
     m: int = 10
     r: int = 4
     hidden: int = 256
+    zs_init: str = "normal"
     num_server_rounds: int = 3
     local_epochs: int = 1
     local_steps: int = 10
@@ -262,7 +266,7 @@ class FedSettings:
 
     def lopa_config(self) -> LoPAConfig:
         """The prompt method and sizes."""
-        return LoPAConfig(method=self.method, m=self.m, r=self.r, hidden=self.hidden)
+        return LoPAConfig(method=self.method, m=self.m, r=self.r, hidden=self.hidden, zs_init=self.zs_init)
 
     def train_config(self, seed: int | None = None) -> TrainConfig:
         """Local training budget (``seed`` overrides the run seed, e.g. per round and partition)."""

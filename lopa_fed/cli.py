@@ -64,6 +64,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r", type=int, default=None, help="LoPA rank (default: 4 on GLUE, 1 on code tasks)")
     p.add_argument("--hidden", type=int, default=None, help="instance-head width h' (default: 256 on GLUE; the encoder width on code tasks)")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank for --method lora (default: 16)")
+    p.add_argument(
+        "--zs-init",
+        default="normal",
+        choices=("normal", "vocab"),
+        help="Zs init: normal = N(0, 1) as in the paper; vocab = random rows of the frozen model's "
+        "token embeddings, at their scale (default: normal)",
+    )
     p.add_argument("--data-dir", default=None, help="directory holding SST-2/, RTE/, ... (GLUE layout)")
     p.add_argument("--max-length", type=int, default=None, help="token limit (default: 256 on GLUE, 512 on code tasks)")
     p.add_argument("--seed", type=int, default=9876, help="random seed (default: 9876, the paper's)")
@@ -179,7 +186,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, value in GLUE_DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
-    cfg = LoPAConfig(method=args.method, m=args.m, r=args.r, hidden=args.hidden, lora_r=args.lora_r)
+    cfg = LoPAConfig(
+        method=args.method, m=args.m, r=args.r, hidden=args.hidden, lora_r=args.lora_r, zs_init=args.zs_init
+    )
     tcfg = TrainConfig(
         lr=args.lr,
         epochs=args.epochs,

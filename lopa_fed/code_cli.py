@@ -128,7 +128,14 @@ def train_code(args: argparse.Namespace) -> int:
                 from .encoder import InstanceEncoder
 
                 hidden = InstanceEncoder.load(args.encoder).hidden_size
-        cfg = LoPAConfig(method=args.method, m=args.m, r=opts["r"], hidden=hidden, lora_r=args.lora_r)
+        cfg = LoPAConfig(
+            method=args.method,
+            m=args.m,
+            r=opts["r"],
+            hidden=hidden,
+            lora_r=args.lora_r,
+            zs_init=getattr(args, "zs_init", "normal"),
+        )
         tcfg = TrainConfig(
             lr=opts["lr"],
             epochs=opts["epochs"],

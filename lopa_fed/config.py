@@ -55,7 +55,11 @@ class LoPAConfig:
         LoRA baseline settings (paper: r=16, alpha=32, dropout=0.1 on q/k/v).
         Empty ``lora_targets`` means the q/k/v projections of the model's architecture.
     zs_init_std : float
-        Zs is initialised from N(0, zs_init_std²); the paper uses N(0, 1).
+        With ``zs_init="normal"``, Zs is initialised from N(0, zs_init_std²); the paper uses N(0, 1).
+    zs_init : str
+        ``"normal"`` (the paper's) or ``"vocab"``: each row of Zs is a randomly chosen row of
+        the frozen model's input-embedding matrix (PEFT's ``SAMPLE_VOCAB``), so the prompt
+        starts at the scale of real token embeddings.
     """
 
     method: str = "lopa"
@@ -68,8 +72,11 @@ class LoPAConfig:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ()
     zs_init_std: float = 1.0
+    zs_init: str = "normal"
 
     def __post_init__(self) -> None:
+        if self.zs_init not in ("normal", "vocab"):
+            raise ConfigError(f"zs_init must be 'normal' or 'vocab', got {self.zs_init!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("m", "r", "hidden", "lora_r", "lora_alpha"):

@@ -83,6 +83,8 @@ class PromptedModel(nn.Module):
                 raise ValueError(f"method {config.method!r} needs an instance encoder")
             h = encoder.hidden_size if encoder is not None else 0
             self.prompt = build_generator(config, h, frozen.d)
+            if config.zs_init == "vocab":
+                self._zs_from_vocab(frozen)
         self.head: nn.Linear | None = None
         self.label_ids: list[int] | None = None
         if frozen.kind == "classifier":
@@ -93,6 +95,15 @@ class PromptedModel(nn.Module):
             nn.init.zeros_(self.head.bias)
         elif self.label_words:
             self.label_ids = frozen.label_token_ids(self.label_words)
+
+    @torch.no_grad()
+    def _zs_from_vocab(self, frozen: FrozenModel) -> None:
+        """Overwrite every ``zs`` (m×d) with randomly chosen input-embedding rows (torch's global RNG)."""
+        table = frozen.embeddings.weight  # V×d
+        for name, p in self.prompt.named_parameters():
+            if name.split(".")[-1] == "zs":
+                rows = torch.randint(0, table.shape[0], (p.shape[0],))
+                p.copy_(table[rows].to(p.dtype))
 
     # ---------------------------------------------------------------- LoRA
     def _lora_copy(self, frozen: FrozenModel, config: LoPAConfig) -> FrozenModel:

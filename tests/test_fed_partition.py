@@ -13,7 +13,7 @@ from clients.settings import FedSettings, federated_names  # noqa: E402
 from lopa_fed.config import ConfigError  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["iid", "dirichlet", "pathological"])
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "inner-dirichlet", "pathological"])
 def test_partitions_are_disjoint_complete_and_deterministic(name):
     s = FedSettings(partitioner=name, pool_size=600, alpha=0.3, seed=11)
     parts = [load_local_data(s, i, 3) for i in range(3)]
@@ -28,6 +28,13 @@ def test_partitions_are_disjoint_complete_and_deterministic(name):
     if name == "pathological":  # one class per client (first-deterministic assignment)
         for p in parts:
             assert len({e.label for e in p.train + p.test}) == 1
+
+
+def test_inner_dirichlet_sizes_equal_and_dirichlet_failure_explained():
+    s = FedSettings(partitioner="inner-dirichlet", alpha=0.1, pool_size=1000)
+    assert partition_sizes(s, 10) == [100] * 10
+    with pytest.raises(ValueError, match="inner-dirichlet"):
+        partition_sizes(FedSettings(partitioner="dirichlet", alpha=0.1, pool_size=1000), 10)
 
 
 def test_seed_changes_partitions():

@@ -217,3 +217,19 @@ def test_pair_task_encoding(tiny_frozen):
     data = encode_examples(ex, RTE, tiny_frozen, 32)
     assert all(len(it.input_ids) <= 32 for it in data.items)
     assert all(it.enc_text[1] for it in data.items)
+
+
+@pytest.mark.parametrize("method", ["pt", "lopa", "lopa-add"])
+def test_zs_init_vocab_takes_rows_of_the_embedding_table(tiny_frozen, tiny_encoder, method):
+    torch.manual_seed(0)
+    net = PromptedModel(tiny_frozen, LoPAConfig(method=method, m=6, r=2, hidden=8, zs_init="vocab"), 2,
+                        encoder=tiny_encoder)
+    table = tiny_frozen.embeddings.weight
+    zs = net.prompt.zs.detach()
+    assert zs.shape == (6, tiny_frozen.d)
+    for row in zs:  # every row is exactly one token embedding
+        assert torch.isclose(table, row).all(dim=1).any()
+    normal = PromptedModel(tiny_frozen, LoPAConfig(method=method, m=6, r=2, hidden=8), 2, encoder=tiny_encoder)
+    assert normal.prompt.zs.std() > 5 * zs.std()  # N(0, 1) vs token-embedding scale (std 0.02 here)
+    with pytest.raises(Exception, match="zs_init"):
+        LoPAConfig(zs_init="zeros")
