@@ -146,6 +146,20 @@ def _git_commit() -> str | None:
         return None
 
 
+def train_table(task_name: str, model, result: dict):
+    """The rich summary table of ``lopa-fed train``: size, loss and speed rows (callers add their metrics)."""
+    from rich.table import Table
+
+    table = Table(title=f"lopa-fed train: {task_name} / {model.config.method}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("trainable params", f"{model.num_trainable():,}")
+    table.add_row("train loss (first → last)", f"{result['first_loss']:.4f} → {result['loss']:.4f}")
+    table.add_row("steps", str(result["steps"]))
+    table.add_row("train time", f"{result['seconds']:.1f}s ({result['examples_per_second']:.2f} ex/s)")
+    return table
+
+
 def run_metrics(task_name: str, model, result: dict, **sections) -> dict:
     """The ``metrics.json`` of a training run: identity, size and speed, then ``sections`` (val, dev, config, ...)."""
     return {
@@ -166,7 +180,6 @@ def run_metrics(task_name: str, model, result: dict, **sections) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``lopa-fed train``."""
-    from rich.table import Table
 
     from .checkpoint import save_checkpoint
     from .data import load_splits
@@ -233,13 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_checkpoint(out / "checkpoint", model, task=task.name, train=tcfg.to_dict())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    table = Table(title=f"lopa-fed train: {task.name} / {cfg.method}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("trainable params", f"{model.num_trainable():,}")
-    table.add_row("train loss (first → last)", f"{result['first_loss']:.4f} → {result['loss']:.4f}")
-    table.add_row("steps", str(result["steps"]))
-    table.add_row("train time", f"{result['seconds']:.1f}s ({result['examples_per_second']:.1f} ex/s)")
+    table = train_table(task.name, model, result)
     for name, res in (("val", val), ("dev", dev)):
         for k in ("accuracy", "f1", "mcc"):
             if k in res:

@@ -106,10 +106,9 @@ def train_code(args: argparse.Namespace) -> int:
     (one record per problem: uid, completion, generation, status, reason, seconds).
     """
     from rich.console import Console
-    from rich.table import Table
 
     from .checkpoint import save_checkpoint
-    from .cli import run_metrics
+    from .cli import run_metrics, train_table
     from .code_eval import CODE_LIMITS, code_splits, default_generation, evaluate_loss, evaluate_pass_at_1
     from .code_tasks import get_code_task
     from .model import build_model
@@ -197,13 +196,7 @@ def train_code(args: argparse.Namespace) -> int:
     _records_jsonl(out / "test_results.jsonl", res["records"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    table = Table(title=f"lopa-fed train: {task.name} / {cfg.method}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("trainable params", f"{model.num_trainable():,}")
-    table.add_row("train loss (first → last)", f"{result['first_loss']:.4f} → {result['loss']:.4f}")
-    table.add_row("steps", str(result["steps"]))
-    table.add_row("train time", f"{result['seconds']:.1f}s ({result['examples_per_second']:.2f} ex/s)")
+    table = train_table(task.name, model, result)
     table.add_row("test answer-token loss", f"{test_loss['loss']:.4f}")
     table.add_row(f"test pass@1 ({res['num_problems']} problems)", f"{100 * res['pass_at_1']:.2f}")
     table.add_row("pass / fail / timeout / error", " / ".join(str(v) for v in res["status_counts"].values()))

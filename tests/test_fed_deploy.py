@@ -12,13 +12,12 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from server.launch import deploy_local  # noqa: E402
+from server.launch import _alive, deploy_local  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +27,6 @@ TINY = {
     "pool-size": 120,
     "max-test-examples": 8,
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_deployment_two_supernodes_two_rounds(tmp_path):

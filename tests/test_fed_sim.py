@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lopa_fed.checkpoint import load_tensors  # noqa: E402
-from server.launch import simulate  # noqa: E402
+from server.launch import _alive, simulate  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +30,6 @@ TINY = {
     "min-nodes": 2,
     "round-timeout": 300.0,
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_flwr_run_simulation_end_to_end(tmp_path):
