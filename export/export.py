@@ -30,6 +30,7 @@ from torch import nn
 
 from lopa_fed.backbone import FrozenModel
 from lopa_fed.checkpoint import CheckpointError, load_checkpoint, load_tensors, read_config
+from lopa_fed.code_tasks import CODE_TASKS, get_code_task
 from lopa_fed.config import LoPAConfig
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.encoder import InstanceEncoder
@@ -424,7 +425,8 @@ def export_model(
             "frozen_max_length": int(frozen_max_length),
             "task": task,
             "num_labels": model.num_labels,
-            "label_words": list(model.label_words) or (list(get_task(task).label_words) if task else []),
+            "label_words": list(model.label_words)
+            or (list(get_task(task).label_words) if task and task not in CODE_TASKS else []),
             "onnx": {
                 "exporter": "torch.onnx.export(dynamo=True)",
                 "opset": opset,
@@ -597,17 +599,26 @@ def export_checkpoint(
         raise ExportError(
             f"checkpoint {checkpoint} records no task; pass --task so the parity check can use its real dev set"
         )
-    t = get_task(task_name)
     train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     max_length = int(train_cfg.get("max_length", 256))
-    data = dev_examples(t, pm, agreement_examples, max_length)
-    texts = [it.enc_text for it in data.items[:parity_examples]]
+    if str(task_name).strip().lower().replace("_", "-") in CODE_TASKS:
+        # Code tasks: Z parity on real prompts of the test half (what the instance encoder reads);
+        # there are no class predictions to compare.
+        code = get_code_task(task_name)
+        _, test = code.split(code.read(None), seed=int(train_cfg.get("seed", 9876)))
+        texts: list = [(ex.prompt, None) for ex in test[:parity_examples]]
+        data, name = None, code.name
+    else:
+        t = get_task(task_name)
+        data = dev_examples(t, pm, agreement_examples, max_length)
+        texts = [it.enc_text for it in data.items[:parity_examples]]
+        name = t.name
     return export_model(
         pm,
         out,
         parity_texts=texts,
         parity_data=data,
-        task=t.name,
+        task=name,
         int8=int8,
         int8_mode=int8_mode,
         opset=opset,

@@ -19,6 +19,7 @@ import torch
 from lopa_fed import weights
 from lopa_fed.backbone import FrozenModel
 from lopa_fed.checkpoint import load_tensors
+from lopa_fed.code_tasks import CODE_TASKS
 from lopa_fed.config import LoPAConfig
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.model import PromptedModel
@@ -121,6 +122,12 @@ class ModelHost:
         if not task_name:
             raise ExportFormatError(
                 f"{directory}/export.json records no task; infer needs it to encode the text"
+            )
+        if str(task_name) in CODE_TASKS:
+            raise ExportFormatError(
+                f"{directory} holds a prompt generator for the code task {task_name!r}; `lopa-fed infer` classifies "
+                "GLUE text. For generation, compute Z with export.runtime.PromptRuntime(dir).prompts([prompt]) and "
+                "pass it as the prefix to lopa_fed.generate.generate (see README, On-device prompts)."
             )
         name = model or name_for_identity(fm.get("identity", "default"))
         frozen = FrozenModel.load(name, fm.get("kind", "auto"))

@@ -498,3 +498,23 @@ def test_export_never_imports_flwr():
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not [n for n in names if n.split(".")[0] == "flwr"], f
+
+
+def test_export_code_task_checkpoint_and_infer_refuses_it(tiny, tmp_path, capsys):
+    """A code-task generator exports with Z parity on real CruxEval prompts; infer says how to use it."""
+    pm = _model(tiny, "lopa", seed=5)
+    ck = tmp_path / "code-ckpt"
+    save_checkpoint(ck, pm, task="cruxeval-o")
+    meta = export_checkpoint(ck, tmp_path / "code-out", parity_examples=6)
+    assert meta["task"] == "cruxeval-o" and meta["label_words"] == []
+    assert meta["parity"]["fp32"]["examples"] == 6 and meta["parity"]["fp32"]["passed"]
+    assert "predictions" not in meta["parity"]
+    from lopa_fed.code_tasks import get_code_task
+
+    code = get_code_task("cruxeval-o")
+    prompts = [(ex.prompt, None) for ex in code.split(code.read(None))[1][:3]]
+    np.testing.assert_allclose(
+        PromptRuntime(tmp_path / "code-out").prompts(prompts), torch_prompts(pm, prompts), atol=1e-4
+    )
+    code_ = export_cli.main(["infer", "--prompt-dir", str(tmp_path / "code-out"), "--text", "x"])
+    assert code_ == 1 and "PromptRuntime" in capsys.readouterr().err
