@@ -95,11 +95,11 @@ def read_sidecar(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _to_pairs(texts: Sequence[TextInput]) -> tuple[list[str], list[str] | None]:
-    """Split texts / ``(a, b)`` pairs into first and (if any pair has one) second segments.
+def _to_pairs(texts: Sequence[TextInput]) -> list[str | tuple[str, str]]:
+    """Validate texts / ``(a, b)`` pairs; a pair without a second segment becomes a single text.
 
-    Mirrors :meth:`lopa_fed.encoder.InstanceEncoder.tokenize`: when any item has a second
-    segment, items without one get ``""`` as their second segment.
+    Mirrors :meth:`lopa_fed.encoder.InstanceEncoder.tokenize`: every item is tokenised as
+    what it is, whatever else is in the batch.
     """
     a: list[str] = []
     b: list[str | None] = []
@@ -119,9 +119,7 @@ def _to_pairs(texts: Sequence[TextInput]) -> tuple[list[str], list[str] | None]:
             raise TypeError(
                 f"text {i} must be a str or a (str, str | None) pair, got {type(t).__name__}: {t!r:.80}"
             )
-    if any(x is not None for x in b):
-        return a, [x or "" for x in b]
-    return a, None
+    return [x if y is None else (x, y) for x, y in zip(a, b)]
 
 
 class PromptRuntime:
@@ -297,8 +295,7 @@ class PromptRuntime:
         if self.tokenizer is None:  # PT: the graph reads only the batch size
             ones = np.ones((len(texts), 1), dtype=np.int64)
             return {"input_ids": ones, "attention_mask": ones.copy()}
-        a, b = _to_pairs(texts)
-        encs = self.tokenizer.encode_batch(list(zip(a, b)) if b is not None else a)
+        encs = self.tokenizer.encode_batch(_to_pairs(texts))
         ids = np.asarray([e.ids for e in encs], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
         return {"input_ids": ids, "attention_mask": mask}

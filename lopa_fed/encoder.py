@@ -162,18 +162,25 @@ class InstanceEncoder:
         return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
     def tokenize(self, texts: Sequence[TextInput]) -> dict[str, torch.Tensor]:
-        """Tokenise texts (or ``(a, b)`` pairs) to ``input_ids``/``attention_mask``: ``B×L``."""
+        """Tokenise texts (or ``(a, b)`` pairs) to ``input_ids``/``attention_mask``: ``B×L``.
+
+        Each item is tokenised as what it is, so a single text gets the same ids whether or
+        not the batch also holds pairs (a mixed batch is tokenised item by item, then padded).
+        """
         a = [t[0] if isinstance(t, tuple) else t for t in texts]
         b = [t[1] if isinstance(t, tuple) else None for t in texts]
-        pair = any(x is not None for x in b)
-        enc = self.tokenizer(
-            a,
-            [x or "" for x in b] if pair else None,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        kw = {"truncation": True, "max_length": self.max_length}
+        if all(x is not None for x in b):
+            enc = self.tokenizer(a, b, padding=True, return_tensors="pt", **kw)
+        elif all(x is None for x in b):
+            enc = self.tokenizer(a, padding=True, return_tensors="pt", **kw)
+        else:
+            items = [self.tokenizer(x, y, **kw) if y is not None else self.tokenizer(x, **kw) for x, y in zip(a, b)]
+            enc = self.tokenizer.pad(
+                [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in items],
+                padding=True,
+                return_tensors="pt",
+            )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     @torch.no_grad()

@@ -233,3 +233,15 @@ def test_zs_init_vocab_takes_rows_of_the_embedding_table(tiny_frozen, tiny_encod
     assert normal.prompt.zs.std() > 5 * zs.std()  # N(0, 1) vs token-embedding scale (std 0.02 here)
     with pytest.raises(Exception, match="zs_init"):
         LoPAConfig(zs_init="zeros")
+
+
+def test_single_text_tokenised_the_same_in_a_mixed_batch(tiny_encoder):
+    single = "a gorgeous, witty film"
+    alone = tiny_encoder.tokenize([single])
+    mixed = tiny_encoder.tokenize([("premise here", "hypothesis there"), single, (single, None)])
+    n = int(alone["attention_mask"].sum())
+    for row in (1, 2):
+        assert mixed["input_ids"][row, :n].tolist() == alone["input_ids"][0, :n].tolist()
+        assert int(mixed["attention_mask"][row].sum()) == n
+    pair = tiny_encoder.tokenize([("premise here", "hypothesis there")])
+    assert mixed["input_ids"][0, : pair["input_ids"].shape[1]].tolist() == pair["input_ids"][0].tolist()
