@@ -238,6 +238,7 @@ def plot(data: dict, out: Path, name: str) -> None:
             else:
                 ax.plot(range(1, len(ys) + 1), ys, marker="o", label=r["row"])
         ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("personalised accuracy % (mean over clients)")
         ax.set_title(f"SST-2, Dirichlet α={a}")
         ax.legend(fontsize=7)

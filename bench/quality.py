@@ -22,6 +22,8 @@ Results are written after every run (``--resume`` skips finished runs), so a lon
 
     .venv/bin/python bench/quality.py --budget smoke     # seconds-to-minutes, proves it runs
     .venv/bin/python bench/quality.py --budget small     # ~40 min on 2 free cores
+    .venv/bin/python bench/quality.py --budget medium --methods head,pt,lopa,lora16 --no-ablations --no-decoder
+                                                         # SST-2 only, 4× the examples
     .venv/bin/python bench/quality.py --budget full      # hours
 """
 
@@ -66,6 +68,8 @@ BUDGETS = {
                   tasks=("sst2",), ablation_task="sst2", decoder=dict(train=8, dev=8, batch=4, seeds=(0,))),
     "small": dict(train=256, epochs=2, batch=16, val=128, dev=None, max_length=128, seeds=(0, 1, 2), grid=3,
                   tasks=TASKS, ablation_task="sst2", decoder=dict(train=96, dev=200, batch=8, seeds=(0, 1, 2))),
+    "medium": dict(train=1000, epochs=2, batch=16, val=200, dev=None, max_length=128, seeds=(0, 1, 2), grid=3,
+                   tasks=("sst2",), ablation_task="sst2", decoder=dict(train=96, dev=200, batch=8, seeds=(0, 1, 2))),
     "full": dict(train=2000, epochs=3, batch=16, val=500, dev=None, max_length=256, seeds=(0, 1, 2), grid=3,
                  tasks=TASKS, ablation_task="rte", decoder=dict(train=500, dev=872, batch=8, seeds=(0, 1, 2))),
 }
@@ -197,6 +201,13 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--merge: no such result file: {src}")
         old = json.loads(src.read_text())
         prev.update({_key(r): r for r in old.get("runs", [])})
+        if src.name != f"{name}.json":  # provenance of runs measured by another invocation
+            om = old.get("meta", {})
+            meta.setdefault("merged_from", []).append(
+                {"file": src.name, **{k: om.get(k) for k in ("command", "commit", "dirty", "date", "contention")},
+                 "load_average_start": om.get("machine", {}).get("load_average"),
+                 "load_average_end": om.get("machine", {}).get("load_average_end")}
+            )
     runs: list[dict] = list(prev.values())
     protocol = {
         "budget": args.budget, **{k: v for k, v in b.items() if k != "decoder"}, "decoder": b["decoder"],
