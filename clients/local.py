@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lopa_fed import weights
+from lopa_fed.backbone import FrozenModel
 from lopa_fed.code_eval import default_generation, encode_code_examples, evaluate_loss, evaluate_pass_at_1
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.model import PromptedModel, build_model
@@ -75,7 +76,7 @@ def local_datasets(settings: FedSettings, partition_id: int, num_partitions: int
     GLUE items carry labels; code-task items carry ``lm_labels`` (answer-token loss).
     """
     data = local_data(settings, partition_id, num_partitions, data_dir)
-    frozen = new_model(settings).frozen
+    frozen = FrozenModel.load(settings.model_name, settings.kind)  # per-process cache, no prompt generator built
     if settings.is_code_task:
         train = encode_code_examples(list(data.train), frozen, settings.token_limit)
         test = encode_code_examples(list(data.test), frozen, settings.token_limit)
@@ -183,13 +184,15 @@ def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str,
     _, test_ds = local_datasets(settings, env.partition_id, env.num_partitions, env.data_dir)
     model, _, restored = prepare(settings, env, received)
     if settings.is_code_task:
-        return _code_evaluate(settings, env, model, test_ds) | {"private-restored": int(restored)}
-    res = evaluate(model, test_ds)
+        n, acc, score, loss = _code_evaluate(settings, env, model, test_ds)
+    else:
+        res = evaluate(model, test_ds)
+        n, acc, score, loss = res["num_examples"], res["accuracy"], res["score"], res["loss"]
     return {
-        "num-examples": int(res["num_examples"]),
-        "accuracy": float(res["accuracy"]),
-        "score": float(res["score"]),
-        "eval-loss": float(res["loss"]),
+        "num-examples": int(n),
+        "accuracy": float(acc),
+        "score": float(score),
+        "eval-loss": float(loss),
         "partition-id": int(env.partition_id),
         "model-loads": model_loads(),
         "private-restored": int(restored),
@@ -198,8 +201,8 @@ def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str,
 
 def _code_evaluate(
     settings: FedSettings, env: ClientEnv, model: PromptedModel, test_ds: EncodedDataset
-) -> dict[str, float | int]:
-    """pass@1 and answer-token loss of a code-task client on its share of the test half."""
+) -> tuple[int, float, float, float]:
+    """``(problems, pass@1, pass@1, answer-token loss)`` of a code-task client on its share of the test half."""
     data = local_data(settings, env.partition_id, env.num_partitions, env.data_dir)
     loss = evaluate_loss(model, test_ds, batch_size=settings.batch_size)
     overrides = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
@@ -213,11 +216,4 @@ def _code_evaluate(
         max_prompt_length=settings.token_limit,
         workers=1,
     )
-    return {
-        "num-examples": int(res["num_problems"]),
-        "accuracy": float(res["pass_at_1"]),
-        "score": float(res["pass_at_1"]),
-        "eval-loss": float(loss["loss"]),
-        "partition-id": int(env.partition_id),
-        "model-loads": model_loads(),
-    }
+    return res["num_problems"], res["pass_at_1"], res["pass_at_1"], loss["loss"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lopa_fed.code_tasks import CodeExample, get_code_task
+from lopa_fed.code_tasks import CodeExample, get_code_task, is_code_task
 from lopa_fed.tasks import Example, get_task
 
 from .settings import FedSettings
@@ -84,10 +84,9 @@ def make_partitioner(
 @functools.lru_cache(maxsize=8)
 def _examples(task: str, data_dir: str, seed: int, which: str) -> tuple:
     """The examples that are partitioned: GLUE train split, or a half of a code task's 50/50 split."""
-    try:
-        code = get_code_task(task)
-    except KeyError:
+    if not is_code_task(task):
         return tuple(get_task(task).read("train", data_dir or None))
+    code = get_code_task(task)
     train, test = code.split(code.read(data_dir or None), seed=seed)
     return tuple(train if which == "train" else test)
 

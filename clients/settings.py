@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lopa_fed.code_tasks import CODE_TASKS, CodeTask, get_code_task
+from lopa_fed.code_tasks import CODE_TASKS, CodeTask, get_code_task, is_code_task
 from lopa_fed.config import METHODS, ConfigError, LoPAConfig, TrainConfig
 from lopa_fed.tasks import TASKS, Task, get_task
 
@@ -243,7 +243,7 @@ class FedSettings:
     @property
     def is_code_task(self) -> bool:
         """Whether ``task`` is a code task (CruxEval-O/I, MBPP) rather than a GLUE task."""
-        return self.task.strip().lower().replace("_", "-") in CODE_TASKS
+        return is_code_task(self.task)
 
     def task_spec(self) -> Task | CodeTask:
         """The task object (:class:`lopa_fed.tasks.Task` or :class:`lopa_fed.code_tasks.CodeTask`)."""

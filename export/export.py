@@ -30,7 +30,7 @@ from torch import nn
 
 from lopa_fed.backbone import FrozenModel
 from lopa_fed.checkpoint import CheckpointError, load_checkpoint, load_tensors, read_config
-from lopa_fed.code_tasks import CODE_TASKS, get_code_task
+from lopa_fed.code_tasks import get_code_task, is_code_task
 from lopa_fed.config import LoPAConfig
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.encoder import InstanceEncoder
@@ -426,7 +426,7 @@ def export_model(
             "task": task,
             "num_labels": model.num_labels,
             "label_words": list(model.label_words)
-            or (list(get_task(task).label_words) if task and task not in CODE_TASKS else []),
+            or (list(get_task(task).label_words) if task and not is_code_task(task) else []),
             "onnx": {
                 "exporter": "torch.onnx.export(dynamo=True)",
                 "opset": opset,
@@ -601,7 +601,7 @@ def export_checkpoint(
         )
     train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     max_length = int(train_cfg.get("max_length", 256))
-    if str(task_name).strip().lower().replace("_", "-") in CODE_TASKS:
+    if is_code_task(task_name):
         # Code tasks: Z parity on real prompts of the test half (what the instance encoder reads);
         # there are no class predictions to compare.
         code = get_code_task(task_name)

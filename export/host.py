@@ -19,7 +19,7 @@ import torch
 from lopa_fed import weights
 from lopa_fed.backbone import FrozenModel
 from lopa_fed.checkpoint import load_tensors
-from lopa_fed.code_tasks import CODE_TASKS
+from lopa_fed.code_tasks import is_code_task
 from lopa_fed.config import LoPAConfig
 from lopa_fed.data import EncodedDataset, encode_examples
 from lopa_fed.model import PromptedModel
@@ -123,7 +123,7 @@ class ModelHost:
             raise ExportFormatError(
                 f"{directory}/export.json records no task; infer needs it to encode the text"
             )
-        if str(task_name) in CODE_TASKS:
+        if is_code_task(task_name):
             raise ExportFormatError(
                 f"{directory} holds a prompt generator for the code task {task_name!r}; `lopa-fed infer` classifies "
                 "GLUE text. For generation, compute Z with export.runtime.PromptRuntime(dir).prompts([prompt]) and "

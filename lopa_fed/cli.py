@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .code_tasks import is_code_task
 from .config import METHODS, PAPER_LR, ConfigError, LoPAConfig, TrainConfig
 
 PLUGINS = ("server.cli", "export.cli")
@@ -190,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "metrics.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a run (metrics.json); pass --force to overwrite it")
-    if _is_code_task(args.task):
+    if is_code_task(args.task):
         from .code_cli import train_code
 
         return train_code(args)
@@ -256,10 +257,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_code_task(name: str) -> bool:
-    return name.lower() in ("cruxeval-o", "cruxeval-i", "mbpp")
-
-
 def load_model_from_checkpoint(directory: str | os.PathLike):
     """Rebuild the :class:`~lopa_fed.model.PromptedModel` a checkpoint describes and load it."""
     from .checkpoint import load_checkpoint, read_config
@@ -297,7 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         directory = directory / "checkpoint"
     from .checkpoint import read_config
 
-    if _is_code_task(str(read_config(directory).get("task", ""))):
+    if is_code_task(str(read_config(directory).get("task", ""))):
         from .code_cli import evaluate_code
 
         return evaluate_code(args, directory)

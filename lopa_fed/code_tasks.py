@@ -459,6 +459,11 @@ _TASK_NAMES: tuple[str, ...] = ("cruxeval-o", "cruxeval-i", "mbpp")
 CODE_TASKS: dict[str, CodeTask] = {name: CodeTask(name) for name in _TASK_NAMES}
 
 
+def is_code_task(name: str) -> bool:
+    """Whether ``name`` names a code task (case-insensitive; ``_`` and ``-`` are equivalent)."""
+    return str(name).strip().lower().replace("_", "-") in CODE_TASKS
+
+
 def get_code_task(name: str) -> CodeTask:
     """Look a code task up by name (case-insensitive; ``_`` and ``-`` are equivalent).
 
@@ -477,7 +482,7 @@ def get_code_task(name: str) -> CodeTask:
         (a ``KeyError``) Unknown name; the message lists the known names.
     """
     key = name.strip().lower().replace("_", "-")
-    if key not in CODE_TASKS:
+    if not is_code_task(key):
         raise UnknownTaskError(f"unknown code task {name!r}; known: {', '.join(CODE_TASKS)}")
     return CODE_TASKS[key]
 
