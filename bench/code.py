@@ -11,7 +11,7 @@ Protocol
   lr 1e-3, constant after 6 % warmup) on the answer-token LM loss, on a seeded subset of
   the train half for a fixed number of epochs (the "budget").
 * Scoring: greedy decoding (KV cache, left-padded batches), the task's post-processing,
-  and one sandboxed run per problem (``lopa_fed.code_eval.CODE_LIMITS``); pass@1 on the
+  and one sandboxed run per problem (``lopa_fed.codegen.scoring.CODE_LIMITS``); pass@1 on the
   first ``--test-limit`` problems of the test half, the same problems for every method.
 
 The budgets are far below the paper's (full train half, 5 epochs, a 2.7B model), so the
@@ -102,17 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lopa_fed.backbone import FrozenModel
-    from lopa_fed.code_eval import (
-        CODE_LIMITS,
-        code_splits,
-        default_generation,
-        evaluate_loss,
-        evaluate_pass_at_1,
-    )
-    from lopa_fed.code_tasks import get_code_task
+    from lopa_fed.codegen.scoring import CODE_LIMITS, default_generation, evaluate_loss, evaluate_pass_at_1
     from lopa_fed.config import LoPAConfig, TrainConfig
+    from lopa_fed.data import load_splits
     from lopa_fed.encoder import InstanceEncoder
     from lopa_fed.model import PromptedModel
+    from lopa_fed.tasks import get_task
     from lopa_fed.train import fit
 
     if args.threads:
@@ -144,19 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         common.write_json(args.name, result)
 
     for name in args.tasks:
-        task = get_code_task(name)
-        splits = code_splits(
-            name,
-            frozen,
-            seed=args.seed,
-            max_length=512,
-            train_limit=budget["train_limit"],
-            test_limit=budget["test_limit"],
+        task = get_task(name)
+        splits = load_splits(
+            task, frozen, seed=args.seed, max_length=512,
+            train_limit=budget["train_limit"], test_limit=budget["test_limit"],
         )
         new_tokens = budget["new_crux"] if task.is_cruxeval else budget["new_mbpp"]
         gen = default_generation(task, max_new_tokens=new_tokens)
         for method in args.methods:
-            run: dict = {"task": name, "method": method, "test_problems": len(splits.test_examples)}
+            run: dict = {"task": name, "method": method, "test_problems": len(splits.test.examples)}
             if method == "none":
                 model: PromptedModel | FrozenModel = frozen
                 run.update(trainable_params=0, train_seconds=0.0)
@@ -192,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                     run["test_loss"] = evaluate_loss(model, splits.test, 8)["loss"]
                 run["test_loss_seconds"] = t_loss.seconds
             res = evaluate_pass_at_1(
-                model, task, splits.test_examples, generation=gen, batch_size=args.gen_batch_size
+                model, task, splits.test.examples, generation=gen, batch_size=args.gen_batch_size
             )
             run.update(
                 pass_at_1=100 * res["pass_at_1"],

@@ -8,12 +8,10 @@ including the load average at start and end, because these machines are often sh
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lopa_fed.provenance import git_state, package_versions  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 PACKAGES = ("torch", "transformers", "peft", "flwr", "onnxruntime", "numpy", "lopa-fed")
 
@@ -30,14 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def git_commit() -> dict[str, Any]:
     """``{"commit": sha, "dirty": bool}`` of the checkout (``None`` outside git)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        )
-        return {"commit": sha, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+    return git_state(ROOT)
 
 
 def cpu_model() -> str:
@@ -86,13 +82,8 @@ def _torch_threads() -> int | None:
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for p in PACKAGES:
-        try:
-            out[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            out[p] = None
-    return out
+    """Versions of the packages that shape a measurement."""
+    return package_versions(PACKAGES)
 
 
 def metadata(seeds: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]:

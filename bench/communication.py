@@ -3,7 +3,7 @@
 For each frozen model (MiniLM d=384 as a classifier, SmolLM2-135M d=576 and a 7B-class
 Llama d=4096 as causal verbalizer models) this builds the real :class:`PromptedModel`
 through ``lopa_fed`` (generators via ``build_generator``, LoRA via peft on a copy of the
-model), picks the tensors a federate mode sends with ``clients.settings.federated_names``
+model), picks the tensors a federate mode sends with ``lopa_fed.federation.federated_names``
 and packs them into a ``flwr.app.ArrayRecord`` exactly as ``server/loop.py`` does. Two
 sizes are reported: the array payload (``len(Array.data)``, what ``server.metrics.payload_bytes``
 counts) and the serialized protobuf of the ArrayRecord (what goes on the wire).
@@ -87,8 +87,8 @@ def measure(frozen, label: str, method: str, lora_r: int, federate: str, h: int 
     from flwr.app import Array, ArrayRecord
     from flwr.common.serde import array_record_to_proto
 
-    from clients.settings import federated_names
     from lopa_fed.config import LoPAConfig
+    from lopa_fed.federation import federated_names
     from lopa_fed.model import PromptedModel
 
     class _Enc:  # only hidden_size is read when building the generator

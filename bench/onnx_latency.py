@@ -37,8 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from export.export import _versions, load_model_for_export  # noqa: E402
+from export.federated import load_client  # noqa: E402
 from export.runtime import FP32_FILE, INT8_FILE, PromptRuntime, read_sidecar  # noqa: E402
+from export.sidecar import versions as _versions  # noqa: E402
+from lopa_fed.checkpoint import load_model  # noqa: E402
 from lopa_fed.tasks import get_task  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "onnx_latency.json"
@@ -103,10 +105,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = read_sidecar(args.prompt_dir)
     if INT8_FILE not in meta["files"]:
         raise SystemExit(f"{args.prompt_dir} has no {INT8_FILE}; export with --int8")
-    checkpoint = args.checkpoint or (meta.get("source") or {}).get("checkpoint")
-    if not checkpoint:
-        raise SystemExit("export.json records no checkpoint; pass --checkpoint")
-    pm, _ = load_model_for_export(checkpoint, (meta.get("source") or {}).get("client_state"))
+    source = meta.get("source") or {}
+    checkpoint = args.checkpoint or source.get("checkpoint")
+    if checkpoint:
+        pm, _, _ = load_model(checkpoint, source.get("client_state"))
+    elif source.get("run") is not None and source.get("partition") is not None:  # `export --run --partition`
+        pm = load_client(source["run"], int(source["partition"])).model
+    else:
+        raise SystemExit("export.json records no checkpoint or federated run; pass --checkpoint")
     task = get_task(args.task or meta.get("task") or "sst2")
     sentences = [task.plain_text(ex) for ex in task.read("dev", limit=max(args.repeats, 32 * args.repeats32))]
     batches = {

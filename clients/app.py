@@ -7,8 +7,9 @@ Each message carries the current global shared tensors (an ArrayRecord under
 ``flower-supernode --node-config``); a node may also set its own ``private-dir`` and
 ``data-dir`` there, which take precedence.
 
-A train reply carries only the federated tensors (:func:`clients.settings.federated_names`)
-and a MetricRecord with ``num-examples``. Private tensors never enter a Message.
+A train reply carries only the federated tensors (:func:`lopa_fed.federation.federated_names`)
+and a MetricRecord with ``num-examples``. Private tensors never enter a Message. Record and
+config keys come from the shared contract (:mod:`lopa_fed.federation.protocol`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,22 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from lopa_fed.errors import ConfigError
+from lopa_fed.federation import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    DATA_DIR,
+    METRICS_KEY,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    PRIVATE_DIR,
+    PROXIMAL_MU,
+    SERVER_ROUND,
+    STATE_TAG,
+    FedSettings,
+)
+
 from .local import ClientEnv, local_evaluate, local_train
-from .settings import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, FedSettings
 
 
 def client_env(message: Message, context: Context) -> ClientEnv:
@@ -32,27 +47,27 @@ def client_env(message: Message, context: Context) -> ClientEnv:
 
     Raises
     ------
-    ValueError
+    ConfigError
         The node config has no ``partition-id`` / ``num-partitions``, or no private-state
         directory is known.
     """
     node = context.node_config
     cfg = message.content.config_records.get(CONFIG_KEY, ConfigRecord())
-    if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError(
+    if PARTITION_ID not in node or NUM_PARTITIONS not in node:
+        raise ConfigError(
             "node config lacks partition-id/num-partitions; start the SuperNode with "
             '--node-config "partition-id=I num-partitions=N"'
         )
-    private_dir = str(node.get("private-dir", "") or cfg.get("private-dir", "") or os.environ.get("LOPA_FED_PRIVATE_DIR", ""))
+    private_dir = str(node.get(PRIVATE_DIR, "") or cfg.get(PRIVATE_DIR, "") or os.environ.get("LOPA_FED_PRIVATE_DIR", ""))
     if not private_dir:
-        raise ValueError("no private-state directory: set private-dir in the run config or the node config")
-    data_dir = str(node.get("data-dir", "") or cfg.get("data-dir", "") or "")
+        raise ConfigError("no private-state directory: set private-dir in the run config or the node config")
+    data_dir = str(node.get(DATA_DIR, "") or cfg.get(DATA_DIR, "") or "")
     return ClientEnv(
-        partition_id=int(node["partition-id"]),
-        num_partitions=int(node["num-partitions"]),
+        partition_id=int(node[PARTITION_ID]),
+        num_partitions=int(node[NUM_PARTITIONS]),
         data_dir=data_dir,
         private_dir=private_dir,
-        state_tag=str(cfg.get("state-tag", "")),
+        state_tag=str(cfg.get(STATE_TAG, "")),
     )
 
 
@@ -69,12 +84,12 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
     keys and the SHA-256 of each array's raw values (``ndarray.tobytes()``).
     """
     reply = call_next(message, context)
-    path = str(context.run_config.get("audit-log", "") or "")
+    path = FedSettings.from_run_config(context.run_config).paths.audit_log
     if path and not reply.has_error():
         entry = {
             "type": message.metadata.message_type,
-            "partition": context.node_config.get("partition-id"),
-            "round": message.content.config_records.get(CONFIG_KEY, ConfigRecord()).get("server-round"),
+            "partition": context.node_config.get(PARTITION_ID),
+            "round": message.content.config_records.get(CONFIG_KEY, ConfigRecord()).get(SERVER_ROUND),
             "time": time.time(),
             "arrays": {
                 name: {
@@ -109,8 +124,8 @@ def train(message: Message, context: Context) -> Message:
         settings,
         env,
         received_arrays(message),
-        server_round=int(cfg.get("server-round", 0)),
-        proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+        server_round=int(cfg.get(SERVER_ROUND, 0)),
+        proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
     )
     arrays = ArrayRecord(tensors) if tensors else ArrayRecord()
     content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})

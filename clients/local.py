@@ -22,14 +22,12 @@ import torch
 
 from lopa_fed import weights
 from lopa_fed.backbone import FrozenModel
-from lopa_fed.code_eval import default_generation, encode_code_examples, evaluate_loss, evaluate_pass_at_1
-from lopa_fed.data import EncodedDataset, encode_examples
-from lopa_fed.model import PromptedModel, build_model
-from lopa_fed.tasks import get_task
+from lopa_fed.data import EncodedDataset
+from lopa_fed.federation import FedSettings, ProtocolError, federated_names, new_model
+from lopa_fed.model import PromptedModel
 from lopa_fed.train import evaluate, fit
 
 from .partition import LocalData, load_local_data
-from .settings import FedSettings, federated_names
 from .state import PrivateStore
 
 log = logging.getLogger("flwr.lopa_fed.clients")
@@ -51,18 +49,6 @@ def model_loads() -> int:
     return int(max(weights.LOAD_COUNTS.values(), default=0))
 
 
-def new_model(settings: FedSettings) -> PromptedModel:
-    """A fresh model; the frozen model and encoder come from the per-process cache."""
-    return build_model(
-        settings.task_spec(),
-        settings.lopa_config(),
-        settings.model_name,
-        settings.encoder,
-        kind=settings.kind,
-        seed=settings.seed,
-    )
-
-
 @functools.lru_cache(maxsize=32)
 def local_data(settings: FedSettings, partition_id: int, num_partitions: int, data_dir: str) -> LocalData:
     """The raw local examples of a partition (cached per process)."""
@@ -73,18 +59,13 @@ def local_data(settings: FedSettings, partition_id: int, num_partitions: int, da
 def local_datasets(settings: FedSettings, partition_id: int, num_partitions: int, data_dir: str) -> tuple[EncodedDataset, EncodedDataset]:
     """Encoded local ``(train, test)`` of a partition (cached per process: it is derived data, not state).
 
-    GLUE items carry labels; code-task items carry ``lm_labels`` (answer-token loss).
+    ``task.encode`` keeps the raw examples: GLUE items carry labels, code-task items ``lm_labels``
+    (answer-token loss) and the problems that pass@1 scores.
     """
     data = local_data(settings, partition_id, num_partitions, data_dir)
     frozen = FrozenModel.load(settings.model_name, settings.kind)  # per-process cache, no prompt generator built
-    if settings.is_code_task:
-        train = encode_code_examples(list(data.train), frozen, settings.token_limit)
-        test = encode_code_examples(list(data.test), frozen, settings.token_limit)
-        return train, test
-    task = get_task(settings.task)
-    train = encode_examples(list(data.train), task, frozen, settings.token_limit)
-    test = encode_examples(list(data.test), task, frozen, settings.token_limit)
-    return train, test
+    task, limit = settings.task_spec, settings.train.max_length
+    return task.encode(list(data.train), frozen, limit), task.encode(list(data.test), frozen, limit)
 
 
 def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> tuple[PromptedModel, list[str], bool]:
@@ -98,13 +79,15 @@ def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) 
 
     Raises
     ------
-    ValueError
-        The received keys are not exactly the federated names, or a shape differs.
+    ProtocolError
+        The received keys are not exactly the federated names.
+    PrivateStateError
+        This run's private-state file is bad and ``on-bad-private-state`` is ``"error"``.
     """
     model = new_model(settings)
     fed = federated_names(model.roles(), settings.federate)
     if set(received) != set(fed):
-        raise ValueError(
+        raise ProtocolError(
             f"received tensors {sorted(received)} but federate={settings.federate!r} expects {sorted(fed)}"
         )
     private_names = [n for n in model.named_trainable() if n not in set(fed)]
@@ -116,6 +99,7 @@ def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) 
             state_tag=env.state_tag,
             fingerprint=settings.fingerprint(),
             expected={n: shapes[n] for n in private_names},
+            on_bad=settings.paths.on_bad_private_state,
         )
         if saved is not None:
             model.load_state(saved)
@@ -177,43 +161,28 @@ def local_train(
 def local_evaluate(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> dict[str, float | int]:
     """Personalised evaluation: own private tensors + received global ones, on the local test split.
 
-    GLUE: ``accuracy`` and the task metric ``score``. Code tasks: ``accuracy`` and ``score``
-    are execution-based pass@1 on the client's test problems (greedy generation, sandboxed
-    checks) and ``eval-loss`` is the answer-token loss.
+    ``task.evaluate`` scores it: GLUE gives ``accuracy`` and the task metric ``score``; code tasks
+    give execution-based pass@1 (greedy generation, sandboxed checks) as ``score``, which is then
+    reported as ``accuracy`` too (:func:`lopa_fed.federation.reported_metric`), and the
+    answer-token loss.
     """
     _, test_ds = local_datasets(settings, env.partition_id, env.num_partitions, env.data_dir)
     model, _, restored = prepare(settings, env, received)
-    if settings.is_code_task:
-        n, acc, score, loss = _code_evaluate(settings, env, model, test_ds)
-    else:
-        res = evaluate(model, test_ds)
-        n, acc, score, loss = res["num_examples"], res["accuracy"], res["score"], res["loss"]
+    res = evaluate(
+        model,
+        test_ds,
+        batch_size=settings.train.eval_batch_size,
+        max_new_tokens=settings.max_new_tokens,
+        max_prompt_length=settings.train.max_length,
+        gen_batch_size=settings.train.batch_size,  # code tasks: as before the task interface
+        workers=1,  # one sandboxed program at a time per client: clients share the cores
+    )
     return {
-        "num-examples": int(n),
-        "accuracy": float(acc),
-        "score": float(score),
-        "eval-loss": float(loss),
+        "num-examples": int(res["num_examples"]),
+        "accuracy": float(res["accuracy"] if "accuracy" in res else res["score"]),
+        "score": float(res["score"]),
+        "eval-loss": float(res["loss"]),
         "partition-id": int(env.partition_id),
         "model-loads": model_loads(),
         "private-restored": int(restored),
     }
-
-
-def _code_evaluate(
-    settings: FedSettings, env: ClientEnv, model: PromptedModel, test_ds: EncodedDataset
-) -> tuple[int, float, float, float]:
-    """``(problems, pass@1, pass@1, answer-token loss)`` of a code-task client on its share of the test half."""
-    data = local_data(settings, env.partition_id, env.num_partitions, env.data_dir)
-    loss = evaluate_loss(model, test_ds, batch_size=settings.batch_size)
-    overrides = {"max_new_tokens": settings.max_new_tokens} if settings.max_new_tokens else {}
-    task = settings.task_spec()
-    res = evaluate_pass_at_1(
-        model,
-        task,
-        list(data.test),
-        generation=default_generation(task, **overrides),
-        batch_size=settings.batch_size,
-        max_prompt_length=settings.token_limit,
-        workers=1,
-    )
-    return res["num_problems"], res["pass_at_1"], res["pass_at_1"], loss["loss"]

@@ -1,10 +1,22 @@
 """ONNX export of trained prompt generators and a torch-free edge runtime.
 
-* :mod:`export.export`  – ``PromptedModel``/checkpoint → ``prompt_generator.onnx`` (+ int8) and ``export.json``;
-* :mod:`export.parity`  – the fp32/int8 parity checks recorded at export time;
-* :mod:`export.runtime` – ``PromptRuntime``: text → Z with tokenizers + onnxruntime + numpy only;
-* :mod:`export.host`    – the model host: ``[Z ; x]`` through the frozen model (torch);
-* :mod:`export.cli`     – the ``lopa-fed export`` and ``lopa-fed infer`` subcommands.
+One module per stage of an export (``lopa-fed export``)::
+
+    graph.py        the exported torch module: token ids + mask → encoder → pooling → heads → gate → Z
+    onnx_export.py  torch.onnx.export (dynamo) + onnx.checker; the opset range
+    quantize.py     the int8 copy (onnxruntime.quantization, per channel, balanced/full)
+    sidecar.py      export.json: identity, tokenizer, hashes, sizes, versions; the CLI summary
+    parity.py       fp32/int8 Z parity and tie-aware prediction agreement against PyTorch
+    pipeline.py     export_model / export_checkpoint / export_run: stage a directory, check, swap it in
+    federated.py    one client of a federated run: run.json settings + global/ + private/ → PromptedModel
+
+and on the device and the host (``lopa-fed infer``)::
+
+    runtime.py      PromptRuntime: text → Z with tokenizers + onnxruntime + numpy only (no torch)
+    host.py         ModelHost: the frozen model on [Z ; x], nothing stored per user
+    serve/          ``lopa-fed serve``: the model host over HTTP (FastAPI on uvicorn), cross-user batching
+    cli.py          the ``export`` and ``infer`` subcommands
+    errors.py       ExportError (runtime.py has its own ExportFormatError)
 
 This package ``__init__`` imports nothing, so ``import export.runtime`` stays free of torch.
 """

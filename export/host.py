@@ -2,9 +2,9 @@
 
 The host keeps only task-level state: the frozen model and, for a ``classifier``
 frozen model, the task's classification head (a *shared* tensor, written to
-``host.safetensors`` by the exporter). It stores nothing per user: every request
-carries its own soft prompt ``Z: B×T×d`` (numpy or torch), computed on the device
-by :class:`export.runtime.PromptRuntime`.
+``host.safetensors`` by :func:`write_host_tensors`). It stores nothing per user: every
+request carries its own soft prompt ``Z: B×T×d`` (numpy or torch), computed on the
+device by :class:`export.runtime.PromptRuntime`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from lopa_fed import weights
 from lopa_fed.backbone import FrozenModel
-from lopa_fed.checkpoint import load_tensors
-from lopa_fed.code_tasks import is_code_task
+from lopa_fed.checkpoint import load_tensors, save_tensors
 from lopa_fed.config import LoPAConfig
-from lopa_fed.data import EncodedDataset, encode_examples
+from lopa_fed.data import EncodedDataset
+from lopa_fed.errors import ConfigError
 from lopa_fed.model import PromptedModel
 from lopa_fed.tasks import Example, Task, get_task
+from lopa_fed.weights import name_for_identity
 
 from .runtime import ExportFormatError, TextInput, read_sidecar
+
+__all__ = ["HOST_FILE", "ModelHost", "embedding_hash_of", "predict_logits", "predict_with_prompts", "write_host_tensors"]
 
 HOST_FILE = "host.safetensors"
 
@@ -34,19 +37,12 @@ HOST_FILE = "host.safetensors"
 PromptFn = Callable[[list], "np.ndarray | torch.Tensor | None"]
 
 
-def name_for_identity(identity: str) -> str:
-    """A name :func:`lopa_fed.weights.resolve` accepts for a recorded model identity.
-
-    Checkpoints and exports record identities such as ``sentence-transformers/all-MiniLM-L6-v2``,
-    which offline resolution does not accept; the packaged aliases are matched first.
-    """
-    for alias in ("default", "smollm2"):
-        try:
-            if weights.resolve(alias).identity == identity:
-                return alias
-        except (weights.ModelNotFoundError, OSError):
-            continue
-    return identity
+def write_host_tensors(model: PromptedModel, path: Path) -> bool:
+    """Write the classification head ``head.*`` (d×C weight, C bias) the host needs; ``False`` if there is none."""
+    if model.head is None:
+        return False
+    save_tensors(path, model.state([n for n in model.named_trainable() if n.startswith("head.")]))
+    return True
 
 
 @torch.no_grad()
@@ -73,10 +69,8 @@ def predict_logits(
         z = prompt_fn(batch["enc_texts"]) if prompt_fn is not None else None
         out = model(batch, z=FrozenModel.as_tensor(z) if z is not None else None)
         if out.preds is None:
-            raise ValueError(
-                "this task has no class predictions (answer-token LM); infer supports classification tasks"
-            )
-        logits.append(out.logits.float().numpy())
+            raise ConfigError("this task has no class predictions (answer-token LM); infer supports classification tasks")
+        logits.append(out.logits.float().numpy())  # B×C
     return np.concatenate(logits) if logits else np.zeros((0, max(model.num_labels, 1)), dtype=np.float32)
 
 
@@ -112,37 +106,15 @@ class ModelHost:
         Raises
         ------
         ExportFormatError
-            If the frozen model's embedding hash differs from the one recorded at export time
-            (the prompts were trained for another model), or ``host.safetensors`` is missing.
+            The export is for a task without class labels, ``export.json`` records no
+            ``frozen_model.embedding_sha256``, the frozen model's embedding hash or width differs
+            from the one recorded at export time (the prompts were trained for another model),
+            or ``host.safetensors`` is missing.
         """
         directory = Path(directory)
         meta = read_sidecar(directory)
-        fm = meta.get("frozen_model") or {}
-        task_name = meta.get("task")
-        if not task_name:
-            raise ExportFormatError(
-                f"{directory}/export.json records no task; infer needs it to encode the text"
-            )
-        if is_code_task(task_name):
-            raise ExportFormatError(
-                f"{directory} holds a prompt generator for the code task {task_name!r}; `lopa-fed infer` classifies "
-                "GLUE text. For generation, compute Z with export.runtime.PromptRuntime(dir).prompts([prompt]) and "
-                "pass it as the prefix to lopa_fed.generate.generate (see README, On-device prompts)."
-            )
-        name = model or name_for_identity(fm.get("identity", "default"))
-        frozen = FrozenModel.load(name, fm.get("kind", "auto"))
-        want = fm.get("embedding_sha256")
-        if want and frozen.embedding_hash() != want:
-            raise ExportFormatError(
-                f"frozen model {name!r} ({frozen.identity}) does not match the export: its embedding matrix hash "
-                f"{frozen.embedding_hash()[:16]}… differs from {want[:16]}… recorded for {fm.get('identity')!r}. "
-                "Pass --model with the model the prompts were trained for."
-            )
-        if frozen.d != int(meta["d"]):
-            raise ExportFormatError(
-                f"frozen model width d={frozen.d} does not match the export's d={meta['d']}"
-            )
-        task = get_task(task_name)
+        task = _classification_task(directory, meta)
+        frozen = matching_frozen_model(meta, model, directory)
         host_model = PromptedModel(
             frozen,
             LoPAConfig(method="head"),
@@ -157,18 +129,23 @@ class ModelHost:
         return cls(host_model.eval(), task, int(meta.get("frozen_max_length", 256)))
 
     def encode(self, texts: Sequence[TextInput]) -> EncodedDataset:
-        """Encode raw texts (or ``(a, b)`` pairs) for the frozen model (labels are dummies)."""
+        """Encode raw texts (or ``(a, b)`` pairs) for the frozen model (labels are dummies).
+
+        Raises
+        ------
+        ConfigError
+            No texts, or a pair task given a text without its second sentence.
+        """
         if len(texts) == 0:
-            raise ValueError("no texts to classify")
+            raise ConfigError("no texts to classify")
         examples = []
+        pair = bool(getattr(self.task, "is_pair", False))
         for i, t in enumerate(texts):
             a, b = (t, None) if isinstance(t, str) else (t[0], t[1])
-            if self.task.is_pair and not b:
-                raise ValueError(
-                    f"task {self.task.name} takes sentence pairs; text {i} has no second sentence"
-                )
-            examples.append(Example(a, b if self.task.is_pair else None, 0, f"input/{i}"))
-        return encode_examples(examples, self.task, self.model.frozen, self.max_length)
+            if pair and not b:
+                raise ConfigError(f"task {self.task.name} takes sentence pairs; text {i} has no second sentence")
+            examples.append(Example(a, b if pair else None, 0, f"input/{i}"))
+        return self.task.encode(examples, self.model.frozen, self.max_length)
 
     def predict(self, data: EncodedDataset, prompt_fn: PromptFn, batch_size: int = 32) -> np.ndarray:
         """Predicted class indices ``(N,)`` with ``Z`` from ``prompt_fn``."""
@@ -177,3 +154,53 @@ class ModelHost:
     def label_name(self, index: int) -> str:
         """The verbalizer word of class ``index``."""
         return self.task.label_words[int(index)]
+
+
+def _classification_task(directory: Path, meta: dict[str, Any]) -> Task:
+    """The export's task, if it has class labels (the host classifies)."""
+    name = meta.get("task")
+    if not name:
+        raise ExportFormatError(f"{directory}/export.json records no task; infer needs it to encode the text")
+    task = get_task(name)
+    if task.num_labels == 0:
+        raise ExportFormatError(
+            f"{directory} holds a prompt generator for {name!r}, a task without class labels; `lopa-fed infer` "
+            "classifies. For generation, compute Z with export.runtime.PromptRuntime(dir).prompts([prompt]) and "
+            "pass it as the prefix to lopa_fed.codegen.generate.generate (see README, On-device prompts)."
+        )
+    return task
+
+
+def embedding_hash_of(meta: dict[str, Any], directory: str | os.PathLike[str]) -> str:
+    """The frozen model's embedding hash recorded in ``export.json``; the frozen-model check needs it.
+
+    Raises
+    ------
+    ExportFormatError
+        ``frozen_model.embedding_sha256`` is missing or not a 64-digit hex string.
+    """
+    fm = meta.get("frozen_model")
+    want = fm.get("embedding_sha256") if isinstance(fm, dict) else None
+    if not isinstance(want, str) or len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise ExportFormatError(
+            f"{Path(directory) / 'export.json'} lacks frozen_model.embedding_sha256 (got {want!r}), so the frozen "
+            "model cannot be checked against the one the prompts were trained for; re-export with `lopa-fed export`"
+        )
+    return want
+
+
+def matching_frozen_model(meta: dict[str, Any], override: str | None, directory: Path) -> FrozenModel:
+    """The frozen model recorded in ``meta`` (or ``override``), refused unless its embeddings match."""
+    want = embedding_hash_of(meta, directory)
+    fm = meta.get("frozen_model") or {}
+    name = override or name_for_identity(fm.get("identity", "default"))
+    frozen = FrozenModel.load(name, fm.get("kind", "auto"))
+    if frozen.embedding_hash() != want:
+        raise ExportFormatError(
+            f"frozen model {name!r} ({frozen.identity}) does not match the export: its embedding matrix hash "
+            f"{frozen.embedding_hash()[:16]}… differs from {want[:16]}… recorded for {fm.get('identity')!r}. "
+            "Pass --model with the model the prompts were trained for."
+        )
+    if frozen.d != int(meta["d"]):
+        raise ExportFormatError(f"frozen model width d={frozen.d} does not match the export's d={meta['d']}")
+    return frozen

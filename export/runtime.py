@@ -15,7 +15,8 @@ computes its personal soft prompt with::
 and sends ``z`` (plus its text) to the model host, which stores nothing per user.
 
 This module imports only the standard library, ``numpy``, ``onnxruntime`` and
-``tokenizers``; importing it never imports torch or transformers.
+``tokenizers`` (plus the dependency-free ``lopa_fed.errors`` when it is installed);
+importing it never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-#: Sidecar format written by :mod:`export.export`.
+#: Sidecar format written by :mod:`export.sidecar`.
 FORMAT = "lopa-fed-export/1"
 SIDECAR = "export.json"
 FP32_FILE = "prompt_generator.onnx"
@@ -51,10 +52,19 @@ _OPT_LEVELS = {
 _ORT_DTYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32"}
 
 
-class ExportFormatError(ValueError):
+try:  # a device may hold only this module: then the error has no lopa_fed base class
+    from lopa_fed.errors import LoPAError as _ErrorBase
+except ImportError:  # pragma: no cover - exercised by the torch-free subprocess tests
+
+    class _ErrorBase(Exception):  # type: ignore[no-redef]
+        """Stands in for ``lopa_fed.errors.LoPAError`` where lopa_fed is not installed."""
+
+
+class ExportFormatError(_ErrorBase, ValueError):
     """An export directory is missing a file, holds a corrupt file, or its files disagree.
 
-    The message names the file and what is wrong with it.
+    The message names the file and what is wrong with it. It is a
+    :class:`lopa_fed.errors.LoPAError` wherever ``lopa_fed`` is installed.
     """
 
 

@@ -2,8 +2,11 @@
 
 The core library: prompt generators (:mod:`lopa_fed.prompts`), frozen models
 (:mod:`lopa_fed.backbone`), the frozen instance encoder and its feature cache
-(:mod:`lopa_fed.encoder`), GLUE and code tasks, single-party training and
-checkpoints. It imports neither Flower nor ONNX.
+(:mod:`lopa_fed.encoder`), GLUE and code tasks behind one interface
+(:mod:`lopa_fed.tasks`), code generation and pass@1 (:mod:`lopa_fed.codegen`),
+single-party training and checkpoints, and the federation contract
+(:mod:`lopa_fed.federation`). It imports neither Flower nor ONNX, nor the
+packages that stand on it (``clients``, ``server``, ``export``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ _EXPORTS = {
     "evaluate": "train",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
+    "load_model": "checkpoint",
+    "LoPAError": "errors",
 }
 
 

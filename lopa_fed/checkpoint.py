@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, LoPAConfig
+from . import atomic
+from .config import ConfigError, LoPAConfig, TrainConfig
+from .errors import CheckpointError
 from .model import PromptedModel
 
 FORMAT = "lopa-fed-checkpoint/1"
+_KINDS = ("auto", "classifier", "mlm", "causal")
+#: LoPAConfig fields that only say how training started; a checkpoint loads whatever they were.
+_INIT_ONLY = ("zs_init", "zs_init_std")
 SHARED_FILE = "shared.safetensors"
 PRIVATE_FILE = "private.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not match the model; the message says which."""
 
 
 def describe(model: PromptedModel, **extra: Any) -> dict[str, Any]:
@@ -57,47 +57,45 @@ def describe(model: PromptedModel, **extra: Any) -> dict[str, Any]:
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Atomically write ``tensors`` to a safetensors file (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic.write_with(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors file, turning a corrupt or missing file into :class:`CheckpointError`."""
+def load_tensors(path: str | os.PathLike, finite: bool = True) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, turning a corrupt, missing or non-finite file into :class:`CheckpointError`.
+
+    With ``finite=True`` (the default) a tensor holding NaN or Inf is an error naming the tensor.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing tensor file: {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from exc
+    if finite:
+        bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{path}: tensor(s) {', '.join(sorted(bad))} hold NaN or Inf; the run diverged")
+    return tensors
 
 
 def save_checkpoint(directory: str | os.PathLike, model: PromptedModel, **extra: Any) -> Path:
     """Write ``model``'s trainable tensors and config to ``directory``; returns the directory.
 
-    ``extra`` keys (e.g. ``task``, ``train``) are stored in ``config.json``.
+    ``extra`` keys (e.g. ``task``, ``train``) are stored in ``config.json``. The directory is
+    written as a temporary sibling and swapped in whole, so an interrupt leaves the old
+    checkpoint (or none), never new shared tensors beside old private ones.
     """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     cfg = describe(model, **extra)
     shared = model.state(model.shared_names())
     private = model.state(model.private_names())
-    save_tensors(d / SHARED_FILE, shared, {"format": FORMAT, "role": "shared"})
-    if private:
-        save_tensors(d / PRIVATE_FILE, private, {"format": FORMAT, "role": "private"})
-    elif (d / PRIVATE_FILE).exists():
-        (d / PRIVATE_FILE).unlink()
-    tmp = d / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    os.replace(tmp, d / CONFIG_FILE)
+    with atomic.staged_dir(d) as stage:  # the whole directory is swapped in at once
+        save_tensors(stage / SHARED_FILE, shared, {"format": FORMAT, "role": "shared"})
+        if private:
+            save_tensors(stage / PRIVATE_FILE, private, {"format": FORMAT, "role": "private"})
+        (stage / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     return d
 
 
@@ -114,14 +112,23 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{p}: unknown format {cfg.get('format') if isinstance(cfg, dict) else cfg!r}; expected {FORMAT}")
     try:
         LoPAConfig.from_dict(cfg["lopa"])
+        if isinstance(cfg.get("train"), dict):
+            TrainConfig.from_dict(cfg["train"])
     except (KeyError, ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{p}: invalid 'lopa' section: {exc}") from exc
+        raise CheckpointError(f"{p}: invalid 'lopa' or 'train' section: {exc}") from exc
+    if not isinstance(cfg.get("frozen_model"), str) or not cfg["frozen_model"]:
+        raise CheckpointError(f"{p}: 'frozen_model' is missing; it names the frozen model the prompt was trained for")
+    if cfg.get("frozen_kind", "auto") not in _KINDS:
+        raise CheckpointError(f"{p}: 'frozen_kind' must be one of {', '.join(_KINDS)}, got {cfg.get('frozen_kind')!r}")
     return cfg
 
 
 def mismatches(saved: dict[str, Any], model: PromptedModel) -> list[str]:
     """Human-readable differences between a saved config and ``model``."""
-    want = describe(model)
+    saved, want = dict(saved), describe(model)
+    for cfg in (saved, want):  # how Zs was initialised does not change what the tensors mean
+        if isinstance(cfg.get("lopa"), dict):
+            cfg["lopa"] = {k: v for k, v in cfg["lopa"].items() if k not in _INIT_ONLY}
     keys = ("lopa", "frozen_model", "frozen_kind", "d", "encoder", "h", "num_labels", "label_words", "shapes")
     out = []
     for k in keys:
@@ -160,3 +167,64 @@ def load_checkpoint(directory: str | os.PathLike, model: PromptedModel, private:
         )
     model.load_state(tensors)
     return cfg
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    client_state: str | os.PathLike | None = None,
+    *,
+    model: str | None = None,
+    encoder: str | None = None,
+) -> tuple[PromptedModel, Any, dict[str, Any]]:
+    """Rebuild the model a checkpoint was trained with and load its tensors: the one way to do it.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A checkpoint directory, or a ``lopa-fed train`` run directory holding ``checkpoint/``.
+    client_state : path, optional
+        A federated client's private tensors (safetensors, the names of ``private.safetensors``),
+        loaded instead of the checkpoint's private tensors; the shared tensors stay global.
+    model, encoder : str, optional
+        Override the frozen model / instance encoder names (default: the recorded identities).
+
+    Returns
+    -------
+    (PromptedModel, Task, dict)
+        The loaded model in eval mode, its task and the checkpoint config.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, corrupt, non-finite or mismatched files, or a client state of another shape.
+    """
+    from .model import build_model
+    from .tasks import get_task
+    from .weights import name_for_identity
+
+    d = Path(checkpoint)
+    if (d / "checkpoint" / CONFIG_FILE).is_file():
+        d = d / "checkpoint"
+    cfg = read_config(d)
+    if not cfg.get("task"):
+        raise CheckpointError(f"{d / CONFIG_FILE} records no task; it is needed to rebuild the model")
+    task = get_task(cfg["task"])
+    lcfg = LoPAConfig.from_dict(cfg["lopa"])
+    pm = build_model(
+        task,
+        lcfg,
+        model=model or name_for_identity(cfg["frozen_model"]),
+        encoder=encoder or name_for_identity(cfg.get("encoder") or "default"),
+        kind=cfg.get("frozen_kind", "auto"),
+    )
+    load_checkpoint(d, pm, private=client_state is None)
+    if client_state is not None:
+        tensors = load_tensors(client_state)
+        want = set(pm.private_names())
+        if set(tensors) != want:
+            raise CheckpointError(
+                f"client state {client_state} holds {sorted(tensors)} but method {lcfg.method!r} has private "
+                f"tensors {sorted(want)}"
+            )
+        pm.load_state(tensors)
+    return pm.eval(), task, cfg

@@ -8,26 +8,52 @@ run config all describe the same thing the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from .errors import ConfigError
 
 #: Prompt-generator methods (``head`` and ``lora`` have no generator).
 PROMPT_METHODS = ("pt", "idpg", "lopa", "lopa-add", "lopa-max", "lopa-concat", "lopa-instance")
 #: Every method the training harness accepts.
 METHODS = (*PROMPT_METHODS, "head", "lora")
+#: Initialisations of Zs (see :class:`LoPAConfig`).
+ZS_INITS = ("auto", "normal", "vocab")
 #: Paper learning rates on GLUE (LOPA.md, "Training settings").
 PAPER_LR = {"lopa": 1e-5, "pt": 1e-4, "idpg": 1e-4, "lora": 1e-4, "head": 1e-4}
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and what is allowed."""
 
 
 T = TypeVar("T")
 
 
+def _check_types(obj: Any) -> None:
+    """Refuse a field whose value has the wrong type (``m="ten"``, ``m=10.7``, ``lr=inf``), naming the field."""
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if kind.startswith("int"):
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            want = "an integer"
+        elif kind.startswith("float"):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
+        elif kind.startswith("str"):
+            ok, want = isinstance(value, str), "a string"
+        elif kind.startswith("tuple"):
+            ok, want = isinstance(value, tuple) and all(isinstance(v, str) for v in value), "a list of strings"
+        else:  # pragma: no cover - every field has one of the types above
+            continue
+        if not ok:
+            raise ConfigError(f"{type(obj).__name__}.{f.name} must be {want}, got {value!r}")
+
+
 def _from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(names)}")
@@ -57,9 +83,13 @@ class LoPAConfig:
     zs_init_std : float
         With ``zs_init="normal"``, Zs is initialised from N(0, zs_init_std²); the paper uses N(0, 1).
     zs_init : str
-        ``"normal"`` (the paper's) or ``"vocab"``: each row of Zs is a randomly chosen row of
-        the frozen model's input-embedding matrix (PEFT's ``SAMPLE_VOCAB``), so the prompt
-        starts at the scale of real token embeddings.
+        ``"normal"`` (the paper's N(0, zs_init_std²)), ``"vocab"`` (each row of Zs is a randomly
+        chosen row of the frozen model's input-embedding matrix, PEFT's ``SAMPLE_VOCAB``, so the
+        prompt starts at the scale of real token embeddings) or ``"auto"`` (the task's choice for
+        the frozen model's kind, :meth:`lopa_fed.tasks.TaskDefaults.zs_init_for`; ``normal`` when
+        no task decides). The paper's N(0, 1) assumes an embedding LayerNorm, as BERT and RoBERTa
+        have; a Llama-style decoder has none, and N(0, 1) rows are far larger than its token
+        embeddings, so on a causal verbalizer the prompt first breaks the model.
     """
 
     method: str = "lopa"
@@ -72,11 +102,12 @@ class LoPAConfig:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ()
     zs_init_std: float = 1.0
-    zs_init: str = "normal"
+    zs_init: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.zs_init not in ("normal", "vocab"):
-            raise ConfigError(f"zs_init must be 'normal' or 'vocab', got {self.zs_init!r}")
+        _check_types(self)
+        if self.zs_init not in ZS_INITS:
+            raise ConfigError(f"zs_init must be one of {', '.join(ZS_INITS)}, got {self.zs_init!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("m", "r", "hidden", "lora_r", "lora_alpha"):
@@ -132,6 +163,7 @@ class TrainConfig:
     max_length: int = 256
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.lr is not None and not (self.lr > 0):
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
         if self.epochs < 1:

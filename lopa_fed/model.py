@@ -14,7 +14,7 @@ private; nothing else decides it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ class PromptedModel(nn.Module):
         encoder: InstanceEncoder | None = None,
     ) -> None:
         super().__init__()
+        if config.zs_init == "auto":  # no task to ask here: the paper's init (build_model asks the task)
+            config = replace(config, zs_init="normal")
         self.config = config
         self.num_labels = int(num_labels)
         self.label_words = tuple(label_words)
@@ -238,9 +240,12 @@ def build_model(
     """Build a :class:`PromptedModel` for ``task`` from names, reusing per-process caches.
 
     The frozen model and the instance encoder are loaded once per process; only the
-    small trainable parts are created here (seeded by ``seed`` when given).
+    small trainable parts are created here (seeded by ``seed`` when given). ``zs_init="auto"``
+    becomes the task's choice for the frozen model's kind, and the model's config records it.
     """
     frozen = FrozenModel.load(model, kind)
+    if config.zs_init == "auto" and hasattr(task, "defaults"):
+        config = replace(config, zs_init=task.defaults.zs_init_for(frozen.kind))
     enc = InstanceEncoder.load(encoder) if config.has_generator and config.method != "pt" else None
     if seed is not None:
         torch.manual_seed(seed)

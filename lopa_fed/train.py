@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from .config import TrainConfig
 from .data import EncodedDataset
+from .errors import DataError
 from .model import PromptedModel
 
 
@@ -27,7 +28,8 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar with ``loss`` and ``eps`` (examples/s) fields; hidden unless ``enabled``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -94,7 +96,7 @@ def fit(
     step = 0
     epochs_run = 0
     t0 = time.perf_counter()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(description, total=total, loss=float("nan"), eps=0.0)
         while step < total:
             epoch_losses = []
@@ -152,13 +154,25 @@ def predict(model: PromptedModel, data: EncodedDataset, batch_size: int = 64) ->
     return (np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)), total / max(n, 1)
 
 
-def evaluate(model: PromptedModel, data: EncodedDataset, batch_size: int = 64) -> dict:
-    """Task metrics on ``data``: ``loss``, ``accuracy`` (+ ``f1`` / ``mcc`` by task), ``num_examples``.
+def evaluate(model: PromptedModel, data: EncodedDataset, batch_size: int = 64, **options) -> dict:
+    """The task's metrics on ``data`` (:meth:`Task.evaluate <lopa_fed.tasks.Task.evaluate>`).
+
+    Every task returns ``score`` (its headline metric), ``loss`` and ``num_examples``;
+    ``options`` go to the task (e.g. ``max_new_tokens`` for code tasks). Data without a
+    task are scored as classification (:func:`classification_metrics`).
+    """
+    if data.task is not None:
+        return data.task.evaluate(model, data, batch_size=batch_size, **options)
+    return classification_metrics(model, data, batch_size)
+
+
+def classification_metrics(model: PromptedModel, data: EncodedDataset, batch_size: int = 64) -> dict:
+    """``loss``, ``accuracy`` (+ ``f1`` / ``mcc`` by task), ``score`` and ``num_examples`` on labelled ``data``.
 
     ``score`` is the task's main metric (F1 for MRPC/QQP, MCC for CoLA, else accuracy).
     """
     if len(data) == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise DataError("cannot evaluate on an empty dataset")
     preds, loss = predict(model, data, batch_size)
     labels = data.labels
     if data.task is not None:

@@ -25,16 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelNotFoundError
+
 ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "smollm2": "smollm2"}
 
 #: How many times each (resolved source, loader) pair was actually loaded in this process.
 LOAD_COUNTS: Counter[str] = Counter()
 _CACHE: dict[tuple[str, str], Any] = {}
 _LOCK = threading.RLock()
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model name could not be resolved to local files; the message says what to install or pass."""
 
 
 @dataclass(frozen=True)
@@ -187,3 +185,20 @@ def model_architecture(name: str) -> tuple[list[str], str]:
 
     cfg = AutoConfig.from_pretrained(src.directory)
     return list(cfg.architectures or []), str(cfg.model_type)
+
+
+def name_for_identity(identity: str) -> str:
+    """A name :func:`resolve` accepts for a recorded model identity.
+
+    Checkpoints and exports record identities such as ``sentence-transformers/all-MiniLM-L6-v2``,
+    which offline resolution does not accept; the packaged aliases are matched first.
+    """
+    for alias in ("default", "smollm2"):
+        try:
+            if resolve(alias).identity == identity:
+                return alias
+        except (ModelNotFoundError, OSError):
+            continue
+    if identity.startswith("HuggingFaceTB/SmolLM2-135M-Instruct:"):
+        return "smollm2"
+    return identity

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from clients.settings import FedSettings
+from lopa_fed.federation import FedSettings
 
 from .loop import run_federation
 
@@ -14,6 +14,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Parse the run config and run the round loop."""
+    """Parse the run config (unknown keys are refused) and run the round loop."""
     settings = FedSettings.from_run_config(context.run_config)
     run_federation(grid, settings)

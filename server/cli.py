@@ -4,13 +4,25 @@ Both run the same Flower apps (``clients.app:app``, ``server.app:app``) with ``f
 ``simulate`` against a SuperLink in simulation mode, ``deploy-local`` against a real
 SuperLink and N SuperNodes on 127.0.0.1. They show round progress and end with a
 summary table built from ``<out>/rounds.json``.
+
+Every option and ``--set KEY=VALUE`` is parsed into :class:`lopa_fed.federation.FedSettings`
+before Flower starts (:func:`launch_plan`), so an unknown key or a bad value is a one-line
+:class:`~lopa_fed.errors.ConfigError` (the ``lopa-fed`` command prints it and exits 2). The run
+directory is checked then too (:func:`server.guard.check_run_dir`: an existing run needs
+``--resume`` or ``--force``, a resume needs readable files, the data must be there). A run
+that did not complete, or in which every client of some round failed, ends with the summary
+and a one-line :class:`~server.guard.RunFailedError` (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lopa_fed.errors import ConfigError, LoPAError
 
 #: CLI option → run-config key (only options the user gave are passed on).
 _OPTIONS: dict[str, str] = {
@@ -44,7 +56,7 @@ _OPTIONS: dict[str, str] = {
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from clients.settings import FEDERATE_MODES, PARTITIONERS, STRATEGIES
+    from lopa_fed.federation import FEDERATE_MODES, PARTITIONERS, STRATEGIES
 
     p.add_argument(
         "--task",
@@ -52,7 +64,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", help="prompt method (default: lopa)")
     p.add_argument(
-        "--model", help="frozen model name (default: the packaged MiniLM; SmolLM2-135M for code tasks)"
+        "--model", help="frozen model name (default: the task's: the packaged MiniLM; SmolLM2-135M for code tasks)"
     )
     p.add_argument("--encoder", help="instance encoder name (default: the packaged MiniLM)")
     p.add_argument("--rounds", type=int, help="number of server rounds (default: 3)")
@@ -63,9 +75,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, help="local epochs per round (default: 1)")
     p.add_argument("--local-steps", type=int, help="cap on local optimiser steps per round, 0 = none (default: 10)")
     p.add_argument("--batch-size", type=int, help="local batch size (default: 16)")
-    p.add_argument("--lr", type=float, help="local learning rate, 0 = paper default (default: 1e-3)")
+    p.add_argument("--lr", type=float, help="local learning rate, 0 = the task's default (default: 1e-3)")
     p.add_argument(
-        "--max-length", type=int, help="token limit per example, 0 = task default (128 GLUE, 512 code)"
+        "--max-length", type=int, help="token limit per example, 0 = the task's default (256 GLUE, 512 code)"
     )
     p.add_argument(
         "--max-new-tokens", type=int, help="code tasks: generation budget for pass@1, 0 = task default (64/256)"
@@ -81,20 +93,44 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-noise", type=float, help="server-side DP noise multiplier (needs --dp-clip)")
     p.add_argument("--dp-clip", type=float, help="server-side DP clipping norm; > 0 enables DP")
     p.add_argument("--audit-log", help="clients append SHA-256 digests of every outgoing array here (JSONL)")
-    p.add_argument("--resume", action="store_true", help="continue OUT from its last round and each client's private state")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in OUT from its last completed round and each client's private state "
+        "(state.json, global/latest.safetensors and the private-state files must be readable)",
+    )
+    p.add_argument(
+        "--force", action="store_true",
+        help="OUT already holds a run: delete it (global tensors, rounds, logs and every client's private state) "
+        "and start a new one. Without --resume or --force an existing run is refused",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="any other run-config key of [tool.flwr.app.config] (repeatable; VALUE is TOML)",
+        help=(
+            "any run-config key of [tool.flwr.app.config], e.g. r=2, lora-r=8, dropout=0.2, on-bad-private-state=fresh "
+            "(repeatable; VALUE is TOML; unknown keys are refused)"
+        ),
     )
-    p.add_argument("--out", required=True, help="output directory (rounds.json, rounds.png, global/, logs/)")
+    p.add_argument(
+        "--out", required=True,
+        help="run directory (run.json, rounds.json, rounds.png, global/, private/, logs/); locked while a launcher uses it",
+    )
     p.add_argument("--app-dir", help="Flower app directory (default: this checkout)")
     p.add_argument("--timeout", type=float, default=3600.0, help="give up after this many seconds (default: 3600)")
+
+
+EXIT_CODES = """\
+exit codes: 0 = every round completed and had a usable client reply; 2 = refused before Flower
+started (bad option, OUT holds a run and neither --resume nor --force was given, OUT is locked by
+another launcher, unreadable resume files, data not found), or the run did not complete, or every
+client of some round failed (the summary names the round and the cause; run.json says
+status "failed" with the error when the run stopped early).
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add ``simulate`` and ``deploy-local`` to the ``lopa-fed`` sub-command parsers."""
     s = subparsers.add_parser(
-        "simulate",
+        "simulate", epilog=EXIT_CODES,
         help="federated LoPA in Flower's simulation runtime (flwr run)",
         description=(
             "Run the Flower apps in Flower's simulation runtime: start a private SuperLink "
@@ -108,7 +144,7 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cmd_simulate)
 
     d = subparsers.add_parser(
-        "deploy-local",
+        "deploy-local", epilog=EXIT_CODES,
         help="federated LoPA on Flower's deployment runtime: SuperLink + N SuperNodes on 127.0.0.1",
         description=(
             "Start flower-superlink and N flower-supernode processes on 127.0.0.1 (distinct ports, "
@@ -121,68 +157,117 @@ def register(subparsers: Any) -> None:
     d.set_defaults(func=cmd_deploy_local)
 
 
-def run_config_from_args(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
-    """Run-config overrides from the parsed options (validated through ``FedSettings``)."""
+def _set_values(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ``{key: value}`` (VALUE read as TOML, else kept as a string)."""
     import tomllib
 
-    from clients.settings import FedSettings
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        if not k.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r} (no key)")
+        try:
+            out[k.strip()] = tomllib.loads(f"x = {v}")["x"]
+        except tomllib.TOMLDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def run_config_from_args(args: argparse.Namespace, num_clients: int) -> dict[str, Any]:
+    """Run-config overrides from the parsed options, checked against the schema.
+
+    Only options the user gave are passed on (``min-nodes`` defaults to the number of
+    clients). Values are converted to their keys' TOML types.
+
+    Raises
+    ------
+    ConfigError
+        ``--set`` without ``=``, an unknown key (naming the closest known one), a bad value,
+        or ``--min-nodes`` above the number of clients.
+    """
+    from lopa_fed.federation import SCHEMA, FedSettings
 
     cfg: dict[str, Any] = {}
     for opt, key in _OPTIONS.items():
         val = getattr(args, opt, None)
         if val is not None:
             cfg[key] = val
-    for item in args.set:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            cfg[k.strip()] = tomllib.loads(f"x = {v}")["x"]
-        except tomllib.TOMLDecodeError:
-            cfg[k.strip()] = v
+    cfg.update(_set_values(args.set))
     cfg.setdefault("min-nodes", num_clients)
-    if FedSettings(task=str(cfg.get("task", "sst2"))).is_code_task:
-        cfg.setdefault("r", 1)  # the paper's code-task rank (LOPA.md); GLUE keeps r = 4
     if args.resume:
         cfg["resume"] = True
-    if int(cfg["min-nodes"]) > num_clients:
-        raise ValueError(f"--min-nodes {cfg['min-nodes']} is larger than the number of clients {num_clients}")
+    cfg = SCHEMA.parse(cfg)
+    if cfg["min-nodes"] > num_clients:
+        raise ConfigError(f"--min-nodes {cfg['min-nodes']} is larger than the number of clients {num_clients}")
     FedSettings.from_run_config(cfg)  # fail fast, with the key in the message
     return cfg
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything a launch needs, validated before Flower starts."""
+
+    mode: str
+    clients: int
+    run_config: dict[str, Any]
+    settings: Any  # FedSettings
+    out: Path
+    app_dir: Path | None
+
+
+def launch_plan(args: argparse.Namespace, mode: str) -> LaunchPlan:
+    """Parse and check the options of ``simulate`` / ``deploy-local`` (no process is started).
+
+    Raises
+    ------
+    ConfigError
+        Any bad option or run-config key (see :func:`run_config_from_args` and
+        :func:`server.launch.check_launch`).
+    OutputExistsError, CheckpointError, DataError
+        The run directory cannot be used as asked (:func:`server.guard.check_run_dir`).
+    """
+    from lopa_fed.federation import FedSettings
+
+    from . import guard
+    from .launch import check_launch
+
+    n = int(args.num_clients if mode == "simulate" else args.nodes)
+    check_launch(n, args.timeout, cpus_per_client=getattr(args, "cpus_per_client", 1.0))
+    cfg = run_config_from_args(args, n)
+    out = Path(args.out).expanduser().resolve()
+    app_dir = Path(args.app_dir).resolve() if args.app_dir else None
+    guard.check_run_dir(out, cfg, force=bool(getattr(args, "force", False)))
+    return LaunchPlan(mode, n, cfg, FedSettings.from_run_config(cfg), out, app_dir)
 
 
 def _run(args: argparse.Namespace, mode: str) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from clients.settings import FedSettings
-
     from . import launch
 
+    plan = launch_plan(args, mode)
     console = Console()
-    n = int(args.num_clients if mode == "simulate" else args.nodes)
-    if n < 1:
-        raise ValueError("need at least one client")
-    cfg = run_config_from_args(args, n)
-    settings = FedSettings.from_run_config(cfg)
-    out = Path(args.out).expanduser().resolve()
-    app_dir = Path(args.app_dir).resolve() if args.app_dir else None
+    settings, n, out, cfg = plan.settings, plan.clients, plan.out, plan.run_config
     console.print(
-        f"[bold]{mode}[/]: {n} clients, {settings.num_server_rounds} rounds, task {settings.task}, "
-        f"model {settings.model_name}, method {settings.method} (r={settings.r}), federate={settings.federate}, {settings.partitioner} partitions, "
-        f"strategy {settings.strategy} → {out}"
+        f"[bold]{mode}[/]: {n} clients, {settings.server.num_server_rounds} rounds, task {settings.task}, "
+        f"model {settings.model_name}, method {settings.lopa.method} (r={settings.lopa.r}), "
+        f"federate={settings.federate}, {settings.data.partitioner} partitions, "
+        f"strategy {settings.server.strategy} → {out}"
     )
     progress = Progress(
         TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console,
     )
+    metric = "acc" if settings.metric == "accuracy" else settings.metric
 
     with progress:
-        bar = progress.add_task("rounds", total=settings.num_server_rounds, info="starting Flower…")
+        bar = progress.add_task("rounds", total=settings.server.num_server_rounds, info="starting Flower…")
 
         def on_round(rec: dict[str, Any], _procs: Any) -> None:
             acc = rec.get("acc_mean")
-            metric = "pass@1" if settings.is_code_task else "acc"
             info = f"{metric} {acc:.3f}" if acc is not None else f"{metric} n/a"
             progress.update(
                 bar, completed=int(rec["round"]),
@@ -191,21 +276,43 @@ def _run(args: argparse.Namespace, mode: str) -> int:
 
         if mode == "simulate":
             res = launch.simulate(
-                cfg, out, num_clients=n, cpus_per_client=args.cpus_per_client, app_dir=app_dir,
-                timeout=args.timeout, on_round=on_round,
+                cfg, out, num_clients=n, cpus_per_client=args.cpus_per_client, app_dir=plan.app_dir,
+                timeout=args.timeout, on_round=on_round, force=args.force,
             )
         else:
-            res = launch.deploy_local(cfg, out, nodes=n, app_dir=app_dir, timeout=args.timeout, on_round=on_round)
+            res = launch.deploy_local(
+                cfg, out, nodes=n, app_dir=plan.app_dir, timeout=args.timeout, on_round=on_round, force=args.force,
+            )
+    return _report(console, res, mode, out)
+
+
+def _report(console: Any, res: Any, mode: str, out: Path) -> int:
+    """Print the summary of a launch and which rounds had failed clients; 0 if it completed cleanly.
+
+    Raises
+    ------
+    RunFailedError
+        The run did not complete (``run.json`` is then ``failed``, with the cause), or every
+        client of some round failed; the message names the round and the cause.
+    """
+    from .guard import RunFailedError
+
     print_summary(console, res.rounds, title=f"{mode} — {out}")
     for note in res.notes:
         console.print(f"[dim]{note}[/]")
-    if res.completed and res.returncode == 0:
-        console.print(
-            f"[green]done[/] in {res.seconds:.0f}s: {out / 'rounds.json'}, {out / 'rounds.png'}, {out / 'global'}"
-        )
-        return 0
-    console.print(f"[bold red]run did not complete[/] (flwr run exit code {res.returncode}); logs: {out / 'logs'}")
-    return 1
+    failures = res.failures
+    for line in failures:
+        console.print(f"[{'bold red' if line.startswith('!') else 'yellow'}]{line.lstrip('!')}[/]")
+    if res.error is not None or not res.completed:
+        raise RunFailedError(f"{mode} did not complete: {res.error or 'no completed status'}; logs: {out / 'logs'}")
+    fatal = [line.lstrip("!") for line in failures if line.startswith("!")]
+    if fatal:
+        more = f" (and {len(fatal) - 1} more such failure(s))" if len(fatal) > 1 else ""
+        raise RunFailedError(f"{mode} ran every round, but {fatal[0]}{more}; logs: {out / 'logs'}")
+    console.print(
+        f"[green]done[/] in {res.seconds:.0f}s: {out / 'rounds.json'}, {out / 'rounds.png'}, {out / 'global'}"
+    )
+    return 0
 
 
 def print_summary(console: Any, rounds: list[dict[str, Any]], title: str = "rounds") -> None:
@@ -239,18 +346,22 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m server.cli simulate ...``) when ``lopa-fed`` is not available."""
+    """Stand-alone entry (``python -m server.cli simulate ...``); a LoPAError is one line on stderr, exit 2."""
     parser = argparse.ArgumentParser(prog="python -m server.cli")
     register(parser.add_subparsers())
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except LoPAError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["register", "run_config_from_args", "print_summary"]
+__all__ = ["LaunchPlan", "launch_plan", "print_summary", "register", "run_config_from_args"]

@@ -14,15 +14,18 @@ deploy-local`` (a SuperLink plus N SuperNodes). Each launch gets:
 * the run-config overrides in a TOML file passed to ``flwr run --run-config``.
 
 Every process started here is recorded and stopped by its PID (SIGTERM, then SIGKILL
-for it and its process group) in :meth:`Processes.stop_all`.
+for it and its process group) in :meth:`server.processes.Processes.stop_all`.
+Bad arguments raise :class:`~lopa_fed.errors.ConfigError` before any process starts, and the
+run directory is guarded by :mod:`server.guard` (an existing run needs ``resume`` or
+``force``; ``OUT/.lock`` is held for the whole launch; ``run.json`` ends ``completed`` or
+``failed``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -31,16 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lopa_fed.errors import ConfigError
+from lopa_fed.federation import NUM_PARTITIONS, PARTITION_ID
+from lopa_fed.federation.paths import absolute, data_dir
+
+from . import guard
 from .metrics import read_rounds
+from .processes import LaunchError, Processes, free_port, wait_http
 
 CONNECTION = "lopa"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def project_dir() -> Path:
@@ -48,14 +50,14 @@ def project_dir() -> Path:
 
     Raises
     ------
-    FileNotFoundError
+    ConfigError
         The package is not installed from a checkout (editable install).
     """
     here = Path(__file__).resolve().parent.parent
     py = here / "pyproject.toml"
     if py.is_file() and "[tool.flwr.app]" in py.read_text():
         return here
-    raise FileNotFoundError(
+    raise ConfigError(
         f"no pyproject.toml with [tool.flwr.app] next to {here}; run from a clone (pip install -e .) or pass --app-dir"
     )
 
@@ -87,8 +89,6 @@ def write_connection(flwr_home: Path, address: str, name: str = CONNECTION) -> P
 
 def write_run_config(path: Path, overrides: Mapping[str, Any]) -> Path:
     """Write run-config overrides as TOML (for ``flwr run --run-config FILE``); scalars only."""
-    import json
-
     lines = []
     for key, value in overrides.items():
         if isinstance(value, bool):
@@ -98,128 +98,11 @@ def write_run_config(path: Path, overrides: Mapping[str, Any]) -> Path:
         elif isinstance(value, str):
             text = json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
         else:
-            raise TypeError(f"run-config value for {key!r} must be a bool, number or string, got {type(value).__name__}")
+            raise ConfigError(f"run-config value for {key!r} must be a bool, number or string, got {type(value).__name__}")
         lines.append(f"{json.dumps(str(key))} = {text}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs of every live descendant of ``pid`` (from ``/proc``; empty where there is no ``/proc``)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-@dataclass
-class Processes:
-    """Processes started by a launch, stopped by PID."""
-
-    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-
-    def start(self, name: str, cmd: list[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen:
-        """Start ``cmd`` in its own session with stdout+stderr to ``log_path``."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_path, "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
-        )
-        fh.close()
-        self.procs.append((name, proc))
-        return proc
-
-    def pid_of(self, name: str) -> int:
-        """PID of the process started as ``name``."""
-        for n, p in self.procs:
-            if n == name:
-                return p.pid
-        raise KeyError(name)
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the process started as ``name`` (by PID)."""
-        for n, p in self.procs:
-            if n == name and p.poll() is None:
-                os.kill(p.pid, sig)
-
-    def stop_all(self, grace: float = 15.0) -> list[str]:
-        """Stop every process (newest first): SIGTERM, wait ``grace`` s, then SIGKILL its group. Returns notes."""
-        notes = []
-        # Flower detaches some children (SuperExec, ServerApp, simulation) into their own
-        # sessions; remember every descendant PID now so none outlives the launch.
-        spawned = {p.pid: descendants(p.pid) for _, p in self.procs if p.poll() is None}
-        for _name, p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.time() + grace
-        for name, p in reversed(self.procs):
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                notes.append(f"{name} (pid {p.pid}) ignored SIGTERM; killed")
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=10)
-            # Children left in the process group we created (pgid == pid), e.g. flwr-clientapp workers.
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-                notes.append(f"{name} (pgid {p.pid}): killed leftover group members")
-            except (ProcessLookupError, PermissionError):
-                pass
-        wait_until = time.time() + 10.0
-        while time.time() < wait_until and any(_alive(x) for pids in spawned.values() for x in pids):
-            time.sleep(0.2)
-        for owner, pids in spawned.items():
-            for pid in pids:
-                if _alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                        notes.append(f"killed leftover descendant pid {pid} of pid {owner}")
-                    except ProcessLookupError:
-                        pass
-        return notes
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_http(port: int, proc: subprocess.Popen, timeout: float = 60.0, log_path: Path | None = None) -> None:
-    """Wait until ``http://127.0.0.1:port/health`` answers (or fail if ``proc`` exits)."""
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text()[-2000:] if log_path and log_path.is_file() else ""
-            raise RuntimeError(f"process exited with code {proc.returncode} while starting:\n{tail}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing answered on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
 @dataclass
@@ -232,35 +115,38 @@ class LaunchResult:
     rounds: list[dict[str, Any]]
     logs: dict[str, Path]
     notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    first_round: int = 1
 
     @property
     def completed(self) -> bool:
-        """The run wrote ``status: completed`` in ``run.json``."""
-        import json
-
+        """The run wrote ``status: completed`` in ``run.json`` (and ``flwr run`` succeeded)."""
         p = self.out_dir / "run.json"
-        return p.is_file() and json.loads(p.read_text()).get("status") == "completed"
+        return self.error is None and p.is_file() and json.loads(p.read_text()).get("status") == "completed"
+
+    @property
+    def failures(self) -> list[str]:
+        """:func:`server.guard.round_failures` of this launch's rounds (``!``: every client of the round failed).
+
+        Rounds of an earlier launch (before ``first_round`` of a resumed run) are not counted again.
+        """
+        return guard.round_failures([r for r in self.rounds if int(r["round"]) >= self.first_round])
 
 
 def complete_run_config(run_config: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """``run_config`` with absolute ``output-dir`` (= ``out_dir``) and ``data-dir`` filled in.
+    """``run_config`` with absolute ``output-dir`` (= ``out_dir``), ``data-dir`` and ``private-dir``.
 
     The apps run inside ``$FLWR_HOME/apps/...`` with the SuperLink's or SuperNode's working
     directory, where the checkout-relative data lookup cannot work; so the data directory is
-    resolved here, in the launching process.
+    resolved here, in the launching process (:mod:`lopa_fed.federation.paths`).
     """
-    from lopa_fed.tasks import resolve_data_dir
-
     cfg = dict(run_config)
     cfg["output-dir"] = str(Path(out_dir).resolve())
-    if not cfg.get("data-dir"):
-        found = resolve_data_dir(None)
-        if found is not None:
-            cfg["data-dir"] = str(found.resolve())
-    else:
-        cfg["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
+    found = data_dir(str(cfg.get("data-dir", "") or ""))
+    if found:
+        cfg["data-dir"] = found
     if cfg.get("private-dir"):
-        cfg["private-dir"] = str(Path(str(cfg["private-dir"])).expanduser().resolve())
+        cfg["private-dir"] = absolute(str(cfg["private-dir"]))
     return cfg
 
 
@@ -284,7 +170,7 @@ def _flwr_run(
     deadline = time.time() + timeout
     while proc.poll() is None:
         if time.time() > deadline:
-            raise TimeoutError(f"flwr run did not finish within {timeout:.0f}s (log: {log_path})")
+            raise LaunchError(f"flwr run did not finish within {timeout:.0f}s (log: {log_path})")
         rounds = read_rounds(out_dir)
         for rec in rounds[seen:]:
             if on_round is not None:
@@ -297,12 +183,65 @@ def _flwr_run(
     return int(proc.returncode)
 
 
+def check_launch(clients: int, timeout: float, *, cpus_per_client: float = 1.0) -> None:
+    """Refuse launch arguments Flower would fail on later (ConfigError, before any process starts)."""
+    if int(clients) < 1:
+        raise ConfigError(f"need at least one client, got {clients}")
+    if not float(cpus_per_client) > 0:
+        raise ConfigError(f"--cpus-per-client must be > 0, got {cpus_per_client:g}")
+    if not float(timeout) > 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout:g}")
+
+
 class _Terminated(SystemExit):
     """Raised by the SIGTERM handler so that ``finally`` blocks stop every started process (exit code 143)."""
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated(128 + signum)
+
+
+def _start_superlink(
+    procs: Processes, port: int, flags: list[str], logs: dict[str, Path], env: Mapping[str, str], out_dir: Path
+) -> None:
+    """Start ``flower-superlink`` on 127.0.0.1:``port`` and wait until it answers."""
+    sl = procs.start(
+        "superlink",
+        [
+            "flower-superlink", "--insecure", *flags, "--isolation", "subprocess",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--disable-runtime-dependency-installation",
+        ],
+        logs["superlink"],
+        env,
+        cwd=out_dir,
+    )
+    wait_http(port, sl, log_path=logs["superlink"])
+
+
+def _start_supernodes(
+    procs: Processes, port: int, nodes: int, logs: dict[str, Path], env: Mapping[str, str], out_dir: Path
+) -> None:
+    """Start ``nodes`` SuperNodes on distinct free ports; node ``i`` holds partition ``i`` of ``nodes``."""
+    ports: set[int] = {port}
+    for i in range(nodes):
+        name = f"supernode-{i}"
+        node_port = free_port()
+        while node_port in ports:
+            node_port = free_port()
+        ports.add(node_port)
+        logs[name] = out_dir / "logs" / f"{name}.log"
+        procs.start(
+            name,
+            [
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                "--host", "127.0.0.1", "--port", str(node_port),
+                "--node-config", f"{PARTITION_ID}={i} {NUM_PARTITIONS}={nodes}",
+            ],
+            logs[name],
+            env,
+            cwd=out_dir,
+        )
 
 
 def _launch(
@@ -314,15 +253,37 @@ def _launch(
     on_round: Callable[[dict[str, Any], Processes], None] | None,
     fed_cfg: str | None = None,
     nodes: int = 0,
+    force: bool = False,
+) -> LaunchResult:
+    """Claim ``out_dir`` (:func:`server.guard.claim`) and run the federation in it."""
+    out_dir = Path(out_dir).resolve()
+    app_dir = app_dir or project_dir()
+    with guard.claim(out_dir, run_config, force=force) as first_round:
+        try:
+            res = _launch_claimed(run_config, out_dir, app_dir, superlink_flags, timeout, on_round, fed_cfg, nodes)
+        except BaseException as exc:  # timeout, a process that would not start, SIGTERM, Ctrl-C
+            guard.mark_failed(out_dir, f"{type(exc).__name__}: {exc}")
+            raise
+        res.error = guard.finish(out_dir, res.returncode, res.logs["flwr-run"])
+        res.first_round = first_round
+    return res
+
+
+def _launch_claimed(
+    run_config: Mapping[str, Any],
+    out_dir: Path,
+    app_dir: Path,
+    superlink_flags: list[str],
+    timeout: float,
+    on_round: Callable[[dict[str, Any], Processes], None] | None,
+    fed_cfg: str | None,
+    nodes: int,
 ) -> LaunchResult:
     """Start a private SuperLink (plus ``nodes`` SuperNodes), run ``flwr run``, and stop every process by PID.
 
     SIGTERM is turned into an exception while this runs (main thread only), so a terminated
     caller still stops the SuperLink, SuperNodes and Ray workers it started.
     """
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    app_dir = app_dir or project_dir()
     home = out_dir / "flwr-home"
     env = flower_env(home)
     port = free_port()
@@ -334,37 +295,8 @@ def _launch(
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main else None
     try:
-        sl = procs.start(
-            "superlink",
-            [
-                "flower-superlink", "--insecure", *superlink_flags, "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(port),
-                "--disable-runtime-dependency-installation",
-            ],
-            logs["superlink"],
-            env,
-            cwd=out_dir,
-        )
-        wait_http(port, sl, log_path=logs["superlink"])
-        ports: set[int] = {port}
-        for i in range(nodes):
-            name = f"supernode-{i}"
-            node_port = free_port()
-            while node_port in ports:
-                node_port = free_port()
-            ports.add(node_port)
-            logs[name] = out_dir / "logs" / f"{name}.log"
-            procs.start(
-                name,
-                [
-                    "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                    "--host", "127.0.0.1", "--port", str(node_port),
-                    "--node-config", f"partition-id={i} num-partitions={nodes}",
-                ],
-                logs[name],
-                env,
-                cwd=out_dir,
-            )
+        _start_superlink(procs, port, superlink_flags, logs, env, out_dir)
+        _start_supernodes(procs, port, nodes, logs, env, out_dir)
         cfg_file = write_run_config(out_dir / "run-config.toml", complete_run_config(run_config, out_dir))
         rc = _flwr_run(
             procs, app_dir, cfg_file, env, logs["flwr-run"], out_dir,
@@ -386,14 +318,24 @@ def simulate(
     app_dir: Path | None = None,
     timeout: float = 3600.0,
     on_round: Callable[[dict[str, Any], Processes], None] | None = None,
+    force: bool = False,
 ) -> LaunchResult:
     """Run the apps in Flower's simulation runtime: our own SuperLink (``--simulation``) + ``flwr run``.
 
     ``run_config`` must hold ``output-dir`` = ``out_dir`` (absolute) and ``num-server-rounds``.
+    ``force`` replaces a run already in ``out_dir`` (``resume`` in the run config continues it).
+
+    Raises
+    ------
+    ConfigError
+        ``num_clients < 1`` or ``cpus_per_client <= 0`` (checked before anything starts).
+    OutputExistsError, CheckpointError, DataError, RunBusyError
+        From :func:`server.guard.claim`, before anything starts.
     """
+    check_launch(num_clients, timeout, cpus_per_client=cpus_per_client)
     cpus = int(cpus_per_client) if float(cpus_per_client).is_integer() else float(cpus_per_client)
     fed_cfg = f"num-supernodes={int(num_clients)} client-resources-num-cpus={cpus}"
-    return _launch(run_config, out_dir, app_dir, ["--simulation"], timeout, on_round, fed_cfg=fed_cfg)
+    return _launch(run_config, out_dir, app_dir, ["--simulation"], timeout, on_round, fed_cfg=fed_cfg, force=force)
 
 
 def deploy_local(
@@ -404,10 +346,19 @@ def deploy_local(
     app_dir: Path | None = None,
     timeout: float = 3600.0,
     on_round: Callable[[dict[str, Any], Processes], None] | None = None,
+    force: bool = False,
 ) -> LaunchResult:
     """Real deployment runtime on loopback: ``flower-superlink`` + ``nodes`` × ``flower-supernode`` + ``flwr run``.
 
     SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=N"`` and its own port.
     ``on_round(record, processes)`` is called for each finished round (e.g. to kill a node).
+
+    Raises
+    ------
+    ConfigError
+        ``nodes < 1`` (checked before anything starts).
+    OutputExistsError, CheckpointError, DataError, RunBusyError
+        From :func:`server.guard.claim`, before anything starts (``force`` as in :func:`simulate`).
     """
-    return _launch(run_config, out_dir, app_dir, [], timeout, on_round, nodes=nodes)
+    check_launch(nodes, timeout)
+    return _launch(run_config, out_dir, app_dir, [], timeout, on_round, nodes=nodes, force=force)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Message
+
+from lopa_fed import atomic
 
 ROUNDS_JSONL = "rounds.jsonl"
 ROUNDS_JSON = "rounds.json"
@@ -42,12 +43,6 @@ def weighted_stats(values: Sequence[float], weights: Sequence[float]) -> dict[st
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class RoundLog:
     """The per-round records of a run in ``out_dir``.
 
@@ -68,15 +63,15 @@ class RoundLog:
         self._rewrite_jsonl()
 
     def _rewrite_jsonl(self) -> None:
-        _atomic_write(self.out_dir / ROUNDS_JSONL, "".join(json.dumps(r) + "\n" for r in self.records))
-        _atomic_write(self.out_dir / ROUNDS_JSON, json.dumps(self.records, indent=2))
+        atomic.write_text(self.out_dir / ROUNDS_JSONL, "".join(json.dumps(r) + "\n" for r in self.records))
+        atomic.write_text(self.out_dir / ROUNDS_JSON, json.dumps(self.records, indent=2))
 
     def append(self, record: dict[str, Any]) -> None:
         """Add a round: append to the JSONL, rewrite the JSON, redraw the plot."""
         self.records.append(record)
         with open(self.out_dir / ROUNDS_JSONL, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        _atomic_write(self.out_dir / ROUNDS_JSON, json.dumps(self.records, indent=2))
+        atomic.write_text(self.out_dir / ROUNDS_JSON, json.dumps(self.records, indent=2))
         plot_rounds(self.records, self.out_dir / PLOT)
 
 
@@ -130,7 +125,7 @@ def plot_rounds(records: Sequence[dict[str, Any]], path: Path) -> None:
     title = records[0].get("label", "") if records else ""
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
