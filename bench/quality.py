@@ -1,7 +1,21 @@
 """Quality on GLUE (SST-2, RTE, MRPC): every method on the same example budget, tuned lr, 3 seeds.
 
-Protocol
---------
+Two settings:
+
+* ``--setting causal`` (the default, the paper's setting): frozen SmolLM2-135M-Instruct read
+  through the next-token verbalizer, no trainable head, MiniLM as the frozen instance encoder;
+  zero-shot, PT, IDPG, LoPA, LoRA r=16/8, the Zs-initialisation comparison and learning curves.
+  Implemented in ``bench/quality_causal.py`` (its docstring holds the protocol);
+  result ``quality-causal-<budget>.json`` unless ``--name`` is given.
+
+      .venv/bin/python bench/quality.py --budget smoke --threads 1
+      .venv/bin/python bench/quality.py --budget small --threads 1 --name quality-causal --resume --deadline 13:40
+
+* ``--setting classifier``: the documented MiniLM variant below (every method also trains a
+  2-class head on the pooled output, which hides the prompt). Result ``quality-<budget>.json``.
+
+Classifier protocol
+-------------------
 * Frozen model and instance encoder: the packaged all-MiniLM-L6-v2 (classifier kind: a
   2-class head on the masked-mean pooled text states, trained by every method).
 * Methods: ``head`` (head only), ``pt``, ``idpg``, ``lopa`` (m=10, r=4), ``lora16`` and
@@ -20,11 +34,11 @@ Protocol
 Results are written after every run (``--resume`` skips finished runs), so a long
 ``--budget full`` run can be stopped and resumed.
 
-    .venv/bin/python bench/quality.py --budget smoke     # seconds-to-minutes, proves it runs
-    .venv/bin/python bench/quality.py --budget small     # ~40 min on 2 free cores
-    .venv/bin/python bench/quality.py --budget medium --methods head,pt,lopa,lora16 --no-ablations --no-decoder
-                                                         # SST-2 only, 4× the examples
-    .venv/bin/python bench/quality.py --budget full      # hours
+    .venv/bin/python bench/quality.py --setting classifier --budget smoke     # seconds-to-minutes, proves it runs
+    .venv/bin/python bench/quality.py --setting classifier --budget small     # ~40 min on 2 free cores
+    .venv/bin/python bench/quality.py --setting classifier --budget medium --methods head,pt,lopa,lora16 \
+        --no-ablations --no-decoder                                         # SST-2 only, 4× the examples
+    .venv/bin/python bench/quality.py --setting classifier --budget full      # hours
 """
 
 from __future__ import annotations
@@ -159,8 +173,9 @@ def _key(r: dict) -> tuple:
     return (r["group"], r["task"], r["method"], r["lr"], r["seed"])
 
 
-def main(argv: list[str] | None = None) -> dict:
+def classifier_main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", choices=("classifier",), default="classifier")
     ap.add_argument("--budget", choices=tuple(BUDGETS), default="small")
     ap.add_argument("--tasks", default=None, help="comma-separated subset of sst2,rte,mrpc")
     ap.add_argument("--methods", default=None, help="comma-separated subset of " + ",".join(MAIN_METHODS))
@@ -436,6 +451,22 @@ def plot(data: dict, out: Path, name: str) -> None:
         ax.set_title(f"{t.upper()} dev ({'F1' if t == 'mrpc' else 'acc'}); — = paper RoBERTa-L")
         ax.set_ylim(0, 100)
     common.save_fig(fig, name, out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``--setting causal`` (default, the paper's setting) or ``--setting classifier`` (MiniLM + head)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    setting = "causal"
+    for i, a in enumerate(args):
+        if a == "--setting" and i + 1 < len(args):
+            setting = args[i + 1]
+        elif a.startswith("--setting="):
+            setting = a.split("=", 1)[1]
+    if setting == "classifier":
+        return classifier_main(args)
+    from bench import quality_causal
+
+    return quality_causal.main(args)
 
 
 if __name__ == "__main__":

@@ -12,33 +12,40 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SCRIPTS = {
-    "communication": ["--models", "0,1,2"],
-    "throughput": ["--repeats", "1", "--steps", "1", "--batch-size", "4"],
-    "quality": ["--budget", "smoke"],
-    "federated": ["--budget", "smoke"],
-    "scale": ["--counts", "2", "--per-client", "8", "--local-steps", "1"],
+SCRIPTS = {  # case: (script, arguments)
+    "communication": ("communication", ["--models", "0,1,2"]),
+    "throughput": ("throughput", ["--repeats", "1", "--steps", "1", "--batch-size", "4"]),
+    "throughput-causal": ("throughput", ["--setting", "causal", "--repeats", "1", "--steps", "1", "--batch-size", "4"]),
+    "quality": ("quality", ["--setting", "classifier", "--budget", "smoke"]),
+    "quality-causal": ("quality", ["--budget", "smoke", "--threads", "1"]),
+    "federated": ("federated", ["--budget", "smoke"]),
+    "federated-causal": ("federated", ["--setting", "causal", "--budget", "smoke"]),
+    "scale": ("scale", ["--counts", "2", "--per-client", "8", "--local-steps", "1"]),
 }
-EXPECTED = {  # result file written by each script, and keys that must be in it
+EXPECTED = {  # result file written by each case, and keys that must be in it
     "communication": ("communication.json", ("meta", "results", "flowertune")),
     "throughput": ("throughput.json", ("meta", "summary", "ratios", "targets", "profiles")),
+    "throughput-causal": ("throughput-causal.json", ("meta", "summary", "ratios", "targets", "profiles")),
     "quality": ("quality-smoke.json", ("meta", "protocol", "runs", "summary")),
+    "quality-causal": ("quality-causal-smoke.json", ("meta", "protocol", "runs", "summary")),
     "federated": ("federated-smoke.json", ("meta", "setup", "results")),
+    "federated-causal": ("federated-causal-smoke.json", ("meta", "setup", "results", "gaps")),
     "scale": ("scale.json", ("meta", "setup", "results")),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("script", list(SCRIPTS))
-def test_bench_script_runs(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", list(SCRIPTS))
+def test_bench_script_runs(case: str, tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), *SCRIPTS[script], "--out-dir", str(tmp_path)]
+    script, script_args = SCRIPTS[case]
+    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), *script_args, "--out-dir", str(tmp_path)]
     if script in ("federated", "scale"):
         cmd += ["--work-dir", str(tmp_path / "work")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    fname, keys = EXPECTED[script]
+    fname, keys = EXPECTED[case]
     data = json.loads((tmp_path / fname).read_text())
     for k in keys:
         assert k in data, f"{fname} lacks {k!r}"
@@ -52,5 +59,20 @@ def test_bench_script_runs(script: str, tmp_path: Path) -> None:
     if script == "scale":
         (rec,) = data["results"]
         assert rec["status"] == "ok" and rec["model_loads_per_worker_max"] == 1
-    if script == "quality":
+    if case == "quality":
         assert data["summary"]["main"]["sst2"], data["summary"]
+    if case == "quality-causal":
+        main = data["summary"]["main"]["sst2"]
+        for m in ("zero-shot", "pt", "idpg", "lopa", "lora16", "lora8"):
+            assert m in main, sorted(main)
+        assert main["zero-shot"]["trainable_params"] == 0
+        runs = {(r["method"], r["init"]) for r in data["runs"]}
+        assert ("pt", "vocab") in runs and ("lopa", "vocab") in runs
+        for r in data["runs"]:
+            assert r["curve"] and r["curve"][0]["step"] == 0, r["method"]
+            if r["method"] != "zero-shot":
+                assert r["curve"][-1]["step"] == r["steps"] > 0, r["method"]
+        # resuming skips every finished run
+        again = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(json.loads((tmp_path / fname).read_text())["runs"]) == len(data["runs"])
