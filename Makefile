@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench clean web-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +24,16 @@ demo: setup  ## the main job: a federated LoPA simulation on MiniLM + real SST-2
 	$(BIN)/lopa-fed simulate --task sst2 --num-clients 4 --rounds 3 --federate zs \
 		--partition dirichlet --alpha 0.5 --out runs/demo
 
-test: setup  ## the default test suite (excludes tests marked slow)
+# The browser runtime's npm packages (onnxruntime-web, transformers.js, puppeteer-core) from the
+# committed lockfile, into export/web/node_modules; re-run only when the lockfile changes.
+WEB_DIR := export/web
+$(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd $(WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund; \
+	else echo "npm not found: the browser tests will skip (install node and npm, then re-run make test)"; fi
+
+web-deps: $(WEB_DIR)/node_modules/.package-lock.json  ## npm ci of the browser runtime (export/web)
+
+test: setup web-deps  ## the default test suite (excludes tests marked slow)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: setup  ## only the slow tests

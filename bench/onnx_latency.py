@@ -9,6 +9,7 @@ Usage::
 
     python bench/onnx_latency.py --prompt-dir exports/sst2-lopa            # needs an --int8 export
     python bench/onnx_latency.py --prompt-dir DIR --repeats 50 --out bench/results/onnx_latency.json
+    python bench/onnx_latency.py --prompt-dir DIR --browser      # + headless Chromium rows (bench/browser_rows.py)
 
 Writes JSON (command, git commit, versions, date, machine, results) and prints a markdown table.
 """
@@ -237,6 +238,29 @@ def markdown(report: dict[str, Any]) -> str:
             f"(target ≥ 3×: {'met' if t['speedup_ok'] else 'not met'}); prediction agreement with PyTorch {agree} "
             f"(target ≥ 99 %: {'met' if t['agreement_ok'] else 'not met'})."
         )
+    if report.get("browser"):
+        lines += ["", "| browser engine | wasm threads | isolated | median ms | p90 ms | time to first Z ms | bundle MB |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for b in report["browser"]:
+            lines.append(
+                f"| {b['engine']} | {b['threads']} | {'yes' if b['cross_origin_isolated'] else 'no'} | {b['median_ms']:.2f} | "
+                f"{b['p90_ms']:.2f} | {b['first_z_ms']:.0f} | {b['bundle_bytes'] / 1e6:.1f} |"
+            )
+        lines.append("")
+        for c in report.get("browser_vs_python", []):
+            lines.append(
+                f"- {c['browser']} ({c['threads']} thread(s)): {c['ratio']:.2f}× {c['python']} "
+                f"({c['browser_ms']:.2f} vs {c['python_ms']:.2f} ms; target ≤ {c['target']}×: "
+                f"{'met' if c['within_target'] else 'not met'})."
+            )
+    if report.get("browser_agreement"):
+        a = report["browser_agreement"]
+        lines.append(
+            f"- browser int8 ({a['mode']}) Z on all {a['examples']} dev examples → frozen-model predictions: "
+            f"agreement with fp32 {a['agreement_vs_fp32']:.2%} (Python onnxruntime int8: {a['python_ort_agreement_vs_fp32']:.2%}; "
+            f"browser vs Python int8 {a['agreement_vs_python_ort']:.2%}; max |ΔZ| browser vs Python int8 "
+            f"{a['max_abs_z_diff_vs_python_ort_first64']:.3g} on the first 64)."
+        )
     return "\n".join(lines)
 
 
@@ -261,11 +285,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
+    p.add_argument("--browser", action="store_true",
+                   help="add headless-Chromium rows (onnxruntime-web wasm, 1 and 2 threads, load time, bundle size)")
+    p.add_argument("--browser-sentences", type=int, default=50, help="dev sentences timed in the browser per round")
+    p.add_argument("--browser-repeats", type=int, default=3, help="browser rounds over those sentences")
+    p.add_argument("--browser-agreement", action="store_true",
+                   help="int8 Z of the whole dev set computed in the browser → frozen-model prediction agreement with fp32")
     args = p.parse_args(argv)
+    from bench.common import load_average
+
+    load_start = load_average()
     report = run(args)
-    report["table"] = markdown(report)
+    report["load_average"] = {"start": load_start, "after_python": load_average()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    report["table"] = markdown(report)
+    out.write_text(json.dumps(report, indent=2))  # the Python rows are kept even if the browser part fails
+    if args.browser:
+        from bench.browser_rows import browser_rows, compare_rows
+
+        task = get_task(args.task or report["task"])
+        sentences = [task.plain_text(ex) for ex in task.read("dev", limit=args.browser_sentences)]
+        report["browser"] = browser_rows(args.prompt_dir, sentences, repeats=args.browser_repeats)
+        report["browser_vs_python"] = compare_rows(report["browser"], report["results"])
+        report["table"] = markdown(report)
+        out.write_text(json.dumps(report, indent=2))
+    if args.browser_agreement:
+        from bench.browser_rows import browser_agreement
+
+        meta = read_sidecar(args.prompt_dir)
+        pm, task, cfg = load_model(args.checkpoint or meta["source"]["checkpoint"], meta["source"].get("client_state"))
+        data = task.encode(task.read("dev"), pm.frozen, int(meta.get("frozen_max_length") or 256))
+        report["browser_agreement"] = browser_agreement(pm, data, args.prompt_dir, int8=True)
+    report["load_average"]["end"] = load_average()
+    report["table"] = markdown(report)
     out.write_text(json.dumps(report, indent=2))
     print(report["table"])
     print(f"\nwrote {out}")

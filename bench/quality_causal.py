@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--deadline", default=None,
                     help="HH:MM UTC (or ISO time): start no run that would not finish by then (estimated from the "
                          "median duration of finished runs)")
+    ap.add_argument("--max-runs", type=int, default=0,
+                    help="train at most this many runs, then stop (0: no limit); with --resume, to share the machine")
     ap.add_argument("--dry-run", action="store_true", help="print the plan (what would run) and exit")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the summary, table and plot from the finished runs (with --resume/--merge); train nothing")
@@ -381,6 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         return split_cache[tname]
 
     stopped = None
+    n_before = len(runs)
     with common.progress() as bar:
         pt = bar.add_task(f"quality causal ({args.budget})", total=None)
         for entry in PLAN:
@@ -388,6 +391,9 @@ def main(argv: list[str] | None = None) -> dict:
                 k = (tname, m, init, float(lr), seed)
                 if k in prev or any(_key(r) == k for r in runs):
                     continue
+                if args.max_runs and len(runs) - n_before >= args.max_runs:
+                    stopped = f"--max-runs {args.max_runs} reached"
+                    break
                 if deadline is not None:
                     # expected duration: median of this method's finished runs (else of any trained run)
                     same = [r["seconds"] for r in runs if r["method"] == m and r["task"] == tname]

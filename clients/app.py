@@ -14,32 +14,28 @@ config keys come from the shared contract (:mod:`lopa_fed.federation.protocol`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from lopa_fed.errors import ConfigError
 from lopa_fed.federation import (
     ARRAYS_KEY,
     CONFIG_KEY,
-    DATA_DIR,
     METRICS_KEY,
-    NUM_PARTITIONS,
     PARTITION_ID,
-    PRIVATE_DIR,
     PROXIMAL_MU,
     SERVER_ROUND,
-    STATE_TAG,
     FedSettings,
 )
+from lopa_fed.federation.hetero import TIER_KEY
 
+from .attack import attack_reply
+from .audit import append_entry, digest, env_of
+from .hetero import node_context
 from .local import ClientEnv, local_evaluate, local_train
+from .secagg import secagg_route_mod
 
 
 def client_env(message: Message, context: Context) -> ClientEnv:
@@ -51,24 +47,7 @@ def client_env(message: Message, context: Context) -> ClientEnv:
         The node config has no ``partition-id`` / ``num-partitions``, or no private-state
         directory is known.
     """
-    node = context.node_config
-    cfg = message.content.config_records.get(CONFIG_KEY, ConfigRecord())
-    if PARTITION_ID not in node or NUM_PARTITIONS not in node:
-        raise ConfigError(
-            "node config lacks partition-id/num-partitions; start the SuperNode with "
-            '--node-config "partition-id=I num-partitions=N"'
-        )
-    private_dir = str(node.get(PRIVATE_DIR, "") or cfg.get(PRIVATE_DIR, "") or os.environ.get("LOPA_FED_PRIVATE_DIR", ""))
-    if not private_dir:
-        raise ConfigError("no private-state directory: set private-dir in the run config or the node config")
-    data_dir = str(node.get(DATA_DIR, "") or cfg.get(DATA_DIR, "") or "")
-    return ClientEnv(
-        partition_id=int(node[PARTITION_ID]),
-        num_partitions=int(node[NUM_PARTITIONS]),
-        data_dir=data_dir,
-        private_dir=private_dir,
-        state_tag=str(cfg.get(STATE_TAG, "")),
-    )
+    return env_of(context.node_config, message.content.config_records.get(CONFIG_KEY, ConfigRecord()))
 
 
 def received_arrays(message: Message) -> dict[str, np.ndarray]:
@@ -92,26 +71,17 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
             "round": message.content.config_records.get(CONFIG_KEY, ConfigRecord()).get(SERVER_ROUND),
             "time": time.time(),
             "arrays": {
-                name: {
-                    "sha256": hashlib.sha256(np.ascontiguousarray(arr.numpy()).tobytes()).hexdigest(),
-                    "shape": list(arr.shape),
-                    "bytes": len(arr.data),
-                }
+                name: {**digest(arr.numpy()), "bytes": len(arr.data)}
                 for rec in reply.content.array_records.values()
                 for name, arr in rec.items()
             },
         }
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # One O_APPEND write per line, so concurrent clients never interleave a record.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (json.dumps(entry) + "\n").encode("utf-8"))
-        finally:
-            os.close(fd)
+        append_entry(path, entry)
     return reply
 
 
-app = ClientApp(mods=[audit_mod])
+# secagg = true runs are served by the legacy SecAgg+ ClientApp (clients.secagg).
+app = ClientApp(mods=[secagg_route_mod, audit_mod])
 
 
 @app.train()
@@ -119,16 +89,20 @@ def train(message: Message, context: Context) -> Message:
     """Install the global shared tensors, train locally, reply with the shared tensors only."""
     settings = FedSettings.from_run_config(context.run_config)
     env = client_env(message, context)
+    settings, tier = node_context(settings, env, context.node_config, train=True)  # this node's encoder tier
     cfg = message.content.config_records.get(CONFIG_KEY, ConfigRecord())
+    received = received_arrays(message)
+    server_round = int(cfg.get(SERVER_ROUND, 0))
     tensors, metrics = local_train(
         settings,
         env,
-        received_arrays(message),
-        server_round=int(cfg.get(SERVER_ROUND, 0)),
+        received,
+        server_round=server_round,
         proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
     )
+    tensors = attack_reply(settings, env.partition_id, received, tensors, server_round)  # research knob; off by default
     arrays = ArrayRecord(tensors) if tensors else ArrayRecord()
-    content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics)})
+    content = RecordDict({ARRAYS_KEY: arrays, METRICS_KEY: MetricRecord(metrics), TIER_KEY: ConfigRecord(tier)})
     return Message(content=content, reply_to=message)
 
 
@@ -137,5 +111,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Personalised accuracy: this client's private tensors with the global ones, on its local test split."""
     settings = FedSettings.from_run_config(context.run_config)
     env = client_env(message, context)
+    settings, tier = node_context(settings, env, context.node_config, train=False)
     metrics = local_evaluate(settings, env, received_arrays(message))
-    return Message(content=RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=message)
+    content = RecordDict({METRICS_KEY: MetricRecord(metrics), TIER_KEY: ConfigRecord(tier)})
+    return Message(content=content, reply_to=message)

@@ -27,6 +27,8 @@ from lopa_fed.federation import FedSettings, ProtocolError, federated_names, new
 from lopa_fed.model import PromptedModel
 from lopa_fed.train import evaluate, fit
 
+from .attack import poisoned_train
+from .hetero import encoder_of, private_meta
 from .partition import LocalData, load_local_data
 from .state import PrivateStore
 
@@ -65,7 +67,8 @@ def local_datasets(settings: FedSettings, partition_id: int, num_partitions: int
     data = local_data(settings, partition_id, num_partitions, data_dir)
     frozen = FrozenModel.load(settings.model_name, settings.kind)  # per-process cache, no prompt generator built
     task, limit = settings.task_spec, settings.train.max_length
-    return task.encode(list(data.train), frozen, limit), task.encode(list(data.test), frozen, limit)
+    train = poisoned_train(settings, partition_id, data.train)  # labelflip attackers only (research knob)
+    return task.encode(list(train), frozen, limit), task.encode(list(data.test), frozen, limit)
 
 
 def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) -> tuple[PromptedModel, list[str], bool]:
@@ -91,7 +94,7 @@ def prepare(settings: FedSettings, env: ClientEnv, received: Mapping[str, Any]) 
             f"received tensors {sorted(received)} but federate={settings.federate!r} expects {sorted(fed)}"
         )
     private_names = [n for n in model.named_trainable() if n not in set(fed)]
-    store = PrivateStore(env.private_dir, env.partition_id, env.num_partitions)
+    store = PrivateStore(env.private_dir, env.partition_id, env.num_partitions, encoder=encoder_of(model))
     shapes = {n: tuple(p.shape) for n, p in model.named_trainable().items()}
     restored = False
     if private_names:
@@ -139,11 +142,12 @@ def local_train(
         res = fit(model, train_ds, settings.train_config(seed=seed))
     private_names = [n for n in model.named_trainable() if n not in set(fed)]
     if private_names:
-        PrivateStore(env.private_dir, env.partition_id, env.num_partitions).save(
+        PrivateStore(env.private_dir, env.partition_id, env.num_partitions, encoder=encoder_of(model)).save(
             model.state(private_names),
             state_tag=env.state_tag,
             fingerprint=settings.fingerprint(),
             server_round=server_round,
+            extra=private_meta(settings),
         )
     metrics: dict[str, float | int] = {
         "num-examples": int(len(train_ds)),

@@ -60,9 +60,19 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--int8", action="store_true", help="also write prompt_generator.int8.onnx (dynamic, per channel)")
     p.add_argument(
-        "--int8-mode", choices=("balanced", "full"), default="balanced",
-        help="balanced (default): first 2 encoder layers and FFN output projections stay fp32; full: quantise all",
+        "--int8-mode", choices=("balanced", "ffn-l1", "ffn", "full", "static"), default="balanced",
+        help="dynamic per-channel int8 keeping in fp32: balanced (default) the first 2 encoder layers and every FFN "
+        "output projection; ffn-l1 the first layer and the FFN outputs; ffn only the FFN outputs; full nothing. "
+        "static: QDQ calibrated on real train text (--calibration-examples), prompt heads/gate and FFN outputs in fp32",
     )
+    p.add_argument("--calibration-examples", type=int, default=256, metavar="N",
+                   help="--int8-mode static: real train examples that calibrate the activation ranges (256)")
+    p.add_argument("--web", action="store_true",
+                   help="also write web/: a static browser bundle (onnxruntime-web + transformers.js tokenizer, "
+                   "no CDN) with the int8 graph when --int8 is given, else fp32")
+    p.add_argument("--web-modules", default=None, metavar="DIR",
+                   help="node_modules with onnxruntime-web and @huggingface/transformers for --web "
+                   "(default: $LOPA_FED_NODE_MODULES, else export/web/node_modules from `npm ci`)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 (default) to the installed onnx's highest")
     p.add_argument("--force", action="store_true", help="replace an existing export in --out")
     p.add_argument("--task", default=None, help="with --checkpoint: task for the parity check (default: the checkpoint's)")
@@ -94,6 +104,10 @@ def check_export_args(args: argparse.Namespace) -> None:
     if args.agreement_examples is not None and args.agreement_examples < 1:
         raise ConfigError(f"--agreement-examples must be >= 1, got {args.agreement_examples}")
     check_opset(args.opset)
+    if args.calibration_examples < 1:
+        raise ConfigError(f"--calibration-examples must be >= 1, got {args.calibration_examples}")
+    if args.web_modules is not None and not args.web:
+        raise ConfigError("--web-modules goes with --web")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -107,7 +121,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "int8": args.int8, "int8_mode": args.int8_mode, "opset": args.opset, "force": args.force,
         "parity_examples": args.parity_examples, "agreement_examples": args.agreement_examples,
-        "model": args.model, "encoder": args.encoder,
+        "model": args.model, "encoder": args.encoder, "web": args.web, "web_modules": args.web_modules,
+        "calibration_examples": args.calibration_examples,
     }
     if args.run is not None:
         meta = export_run(args.run, args.partition, args.out, **common)

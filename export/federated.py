@@ -33,7 +33,6 @@ from lopa_fed.federation import FedSettings, new_model
 from lopa_fed.federation.paths import (
     GLOBAL_DIR,
     LATEST_FILE,
-    PRIVATE_PATTERN,
     ROUND_PATTERN,
     RUN_FILE,
     STATE_FILE,
@@ -43,6 +42,7 @@ from lopa_fed.tasks import Task
 
 from .errors import ExportError
 from .runtime import sha256_file
+from .tiers import client_settings, newest_private_files
 
 __all__ = ["RunClient", "load_client", "read_run", "run_settings"]
 
@@ -99,6 +99,8 @@ def load_client(
     info = read_run(run)
     private_path, num_partitions = private_file(run, info, partition)  # range checks before loading models
     settings = run_settings(run, info, model=model, encoder=encoder)
+    if encoder is None:
+        settings = client_settings(settings, private_path)  # the client's own encoder tier, r and hidden
     pm = new_model(settings)
     if not pm.config.has_generator:
         raise ExportError(f"federated run {run} trained {pm.config.method!r}, which has no prompt generator")
@@ -275,11 +277,7 @@ def private_file(run: Path, info: dict[str, Any], partition: int) -> tuple[Path 
     if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
         raise ConfigError(f"--partition must be a partition id >= 0, got {partition!r}")
     pdir = private_dir(run, info)
-    found = {
-        (int(m.group(1)), int(m.group(2))): p
-        for p in (pdir.iterdir() if pdir.is_dir() else [])
-        if (m := PRIVATE_PATTERN.fullmatch(p.name))
-    }
+    found = newest_private_files(pdir.iterdir() if pdir.is_dir() else [])  # per partition: the tier it ran last
     n = _num_partitions(info, {of for _, of in found}, pdir)
     if n is not None and partition >= n:
         raise ConfigError(f"--partition {partition} is out of range: run {run} has {n} partitions (0 to {n - 1})")

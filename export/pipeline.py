@@ -39,13 +39,17 @@ from .host import HOST_FILE, write_host_tensors
 from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx
 from .parity import prediction_parity, torch_prompts, z_diff
 from .quantize import check_int8_mode, quantize_int8
+from .quantize_static import quantize_static_int8
 from .runtime import FP32_FILE, INT8_FILE, TOKENIZER_FILE, PromptRuntime, TextInput, sha256_file
 from .sidecar import describe, file_entry, write_sidecar, write_tokenizer
+from .web_bundle import WEB_DIR, find_node_modules, write_web_bundle
 
 __all__ = ["DEFAULT_OPSET", "FP32_TOLERANCE", "ExportOptions", "export_checkpoint", "export_model", "export_run"]
 
 #: Largest allowed fp32 ``|Z_onnx - Z_torch|`` on the real parity texts.
 FP32_TOLERANCE = 1e-4
+#: Real train examples that calibrate ``--int8-mode static``.
+CALIBRATION_EXAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,14 @@ class ExportOptions:
         Largest allowed fp32 ``|Z_onnx - Z_torch|``; the export fails above it.
     batch_size : int
         Batch size of the parity runs.
+    web : bool
+        Also write the static browser bundle ``web/`` (:mod:`export.web_bundle`), with the int8
+        graph when ``int8`` is set, else the fp32 graph.
+    web_modules : str, optional
+        node_modules folder holding onnxruntime-web and transformers.js (default:
+        :func:`export.web_bundle.default_node_modules`).
+    calibration_examples : int
+        Real train examples that calibrate ``int8_mode="static"``.
     """
 
     int8: bool = False
@@ -74,11 +86,16 @@ class ExportOptions:
     force: bool = False
     tolerance: float = FP32_TOLERANCE
     batch_size: int = 32
+    web: bool = False
+    web_modules: str | None = None
+    calibration_examples: int = CALIBRATION_EXAMPLES
 
     def check(self) -> ExportOptions:
         """``self`` if every option is valid (ConfigError / ExportError otherwise)."""
         check_opset(self.opset)
         check_int8_mode(self.int8_mode)
+        if self.web:
+            find_node_modules(self.web_modules)  # before any model is loaded or exported
         return self
 
 
@@ -114,7 +131,7 @@ def export_model(
         Provenance recorded as ``source`` (checkpoint path, client state, run, ...).
     **options
         Fields of :class:`ExportOptions` (``int8``, ``int8_mode``, ``opset``, ``force``,
-        ``tolerance``, ``batch_size``).
+        ``tolerance``, ``batch_size``, ``web``, ``web_modules``).
 
     Returns
     -------
@@ -137,6 +154,8 @@ def export_model(
     with staged_dir(out) as stage:
         meta = _write_files(model, stage, opts.opset, task, frozen_max_length, source)
         meta["parity"] = _check_parity(model, stage, meta, texts, parity_data, opts, out)
+        if opts.web:
+            meta["web"] = write_web_bundle(stage, stage / WEB_DIR, int8=opts.int8, node_modules=opts.web_modules)
         write_sidecar(stage, meta)
     return meta
 
@@ -184,7 +203,11 @@ def _check_parity(
     runtimes = {"fp32": PromptRuntime(stage)}
     parity: dict[str, Any] = {"fp32": _fp32_parity(ref, runtimes["fp32"], texts, opts, model.config.method, out)}
     if opts.int8:
-        meta["int8"] = quantize_int8(stage / FP32_FILE, stage / INT8_FILE, opts.int8_mode)
+        if opts.int8_mode == "static":
+            feeds = calibration_feeds(model, runtimes["fp32"], meta, opts.calibration_examples)
+            meta["int8"] = quantize_static_int8(stage / FP32_FILE, stage / INT8_FILE, feeds)
+        else:
+            meta["int8"] = quantize_int8(stage / FP32_FILE, stage / INT8_FILE, opts.int8_mode)
         meta["files"][INT8_FILE] = file_entry(stage / INT8_FILE)
         write_sidecar(stage, meta)
         runtimes["int8"] = PromptRuntime(stage, int8=True)
@@ -195,6 +218,15 @@ def _check_parity(
         for name in runtimes:
             parity[name]["prediction_agreement"] = parity["predictions"][name]["agreement"]
     return parity
+
+
+def calibration_feeds(
+    model: PromptedModel, runtime: PromptRuntime, meta: dict[str, Any], n: int = CALIBRATION_EXAMPLES
+) -> list[dict[str, Any]]:
+    """Static int8 calibration inputs: the encoder inputs (``1×L`` feeds) of the first ``n`` real train examples."""
+    task = get_task(meta.get("task") or "sst2")
+    data = task.encode(task.read("train", limit=n), model.frozen, int(meta.get("frozen_max_length") or 256))
+    return [runtime.encode([it.enc_text]) for it in data.items]
 
 
 def _fp32_parity(

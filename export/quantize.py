@@ -3,8 +3,10 @@
 Two modes: ``full`` quantises every weight MatMul/Gemm/Gather; ``balanced`` (the default)
 keeps the first :data:`BALANCED_FP32_LAYERS` transformer layers and every FFN output
 projection in fp32 (on a trained SST-2 LoPA checkpoint: 97.2 % → 99.5 % prediction
-agreement, 23 → 41 MB). See ``PITFALLS.md`` (ONNX) for why the shape info is cleared and
-why it runs in a temporary directory.
+agreement, 23 → 41 MB). Between them, ``ffn-l1`` and ``ffn`` keep the FFN output projections
+and the first layer / no whole layer in fp32 (:data:`FP32_LAYERS`; measured by
+``bench/int8_static.py``). ``static`` (QDQ, calibrated) is :mod:`export.quantize_static`.
+See ``PITFALLS.md`` (ONNX) for why the shape info is cleared and why it runs in a temporary directory.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ __all__ = ["BALANCED_FP32_LAYERS", "INT8_MODES", "quantize_int8", "sensitive_nod
 
 log = logging.getLogger(__name__)
 
-INT8_MODES = ("balanced", "full")
+INT8_MODES = ("balanced", "full", "ffn", "ffn-l1", "static")
 BALANCED_FP32_LAYERS = 2
+#: Dynamic modes that keep weight MatMuls in fp32: mode → leading layers kept whole (plus every FFN output projection).
+FP32_LAYERS = {"balanced": BALANCED_FP32_LAYERS, "ffn-l1": 1, "ffn": 0}
 
 
 def check_int8_mode(mode: str) -> str:
@@ -77,7 +81,9 @@ def quantize_int8(fp32: Path, int8: Path, mode: str = "balanced") -> dict[str, A
     fp32, int8 : Path
         Input fp32 model and output int8 model.
     mode : str
-        ``"balanced"`` (default: sensitive layers stay fp32, see :func:`sensitive_nodes`) or ``"full"``.
+        ``"balanced"`` (default: the first 2 layers and every FFN output projection stay fp32, see
+        :func:`sensitive_nodes`), ``"ffn-l1"`` (the first layer and the FFN output projections),
+        ``"ffn"`` (only the FFN output projections) or ``"full"`` (nothing). (``"static"`` is :func:`export.quantize_static.quantize_static_int8`, which needs calibration data.)
 
     Returns
     -------
@@ -90,6 +96,8 @@ def quantize_int8(fp32: Path, int8: Path, mode: str = "balanced") -> dict[str, A
         An unknown mode, a quantiser failure, or ``onnx.checker`` refusing the result.
     """
     check_int8_mode(mode)
+    if mode == "static":
+        raise ExportError("int8 mode 'static' needs calibration data: use export.quantize_static.quantize_static_int8")
     with tempfile.TemporaryDirectory(prefix="lopa-quant-") as tmp:
         exclude = _quantize_in(Path(tmp), Path(fp32), mode)
         shutil.move(str(Path(tmp) / "int8.onnx"), str(int8))
@@ -114,7 +122,7 @@ def _quantize_in(tmp: Path, fp32: Path, mode: str) -> list[str]:
     cwd = os.getcwd()
     os.chdir(tmp)  # the quantiser leaves large temporary files in the cwd
     try:
-        exclude = sensitive_nodes(onnx.load(str(src))) if mode == "balanced" else []
+        exclude = sensitive_nodes(onnx.load(str(src)), FP32_LAYERS[mode]) if mode in FP32_LAYERS else []
         quantize_dynamic(
             str(src), str(tmp / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude
         )

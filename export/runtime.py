@@ -145,11 +145,13 @@ class PromptRuntime:
         Use ``prompt_generator.int8.onnx`` instead of the fp32 file.
     verify_hash : bool
         Check the ONNX and tokenizer files against the SHA-256 recorded in ``export.json``.
-    optimization : str
-        onnxruntime graph optimisation level: ``"disable"``, ``"basic"`` (default), ``"extended"``
-        or ``"all"``. ``"basic"`` keeps the arithmetic closest to PyTorch (fused attention and
-        layer-norm kernels of ``"extended"``/``"all"`` move fp32 logits by ~1e-6, enough to flip an
-        exactly tied prediction) and was not slower here.
+    optimization : str, optional
+        onnxruntime graph optimisation level: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"``.
+        Default: ``"basic"``, or for the int8 file the level ``export.json`` records for it
+        (``"extended"`` for static QDQ int8, whose integer kernels only exist after fusion).
+        ``"basic"`` keeps the arithmetic closest to PyTorch (fused attention and layer-norm kernels
+        of ``"extended"``/``"all"`` move fp32 logits by ~1e-6, enough to flip an exactly tied
+        prediction) and was not slower here.
 
     Raises
     ------
@@ -170,7 +172,7 @@ class PromptRuntime:
         threads: int | None = None,
         int8: bool = False,
         verify_hash: bool = True,
-        optimization: str = "basic",
+        optimization: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.meta = read_sidecar(self.directory)
@@ -203,6 +205,8 @@ class PromptRuntime:
                 raise ValueError(f"threads must be >= 1, got {threads!r}")
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        if optimization is None:
+            optimization = str((self.meta.get("int8") or {}).get("optimization", "basic")) if int8 else "basic"
         if optimization not in _OPT_LEVELS:
             raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, got {optimization!r}")
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])

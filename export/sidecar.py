@@ -172,6 +172,10 @@ def summarize(meta: dict[str, Any]) -> str:
         lines.append(f"int8: max|ΔZ| {p['int8']['max_abs_diff']:.3g}, mean {p['int8']['mean_abs_diff']:.3g}")
     if "predictions" in p:
         lines += _prediction_lines(p["predictions"])
+    if meta.get("web"):
+        w = meta["web"]
+        sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in w["sizes"].items())
+        lines.append(f"web bundle {w['dir']}/ ({w['precision']}): {w['bytes'] / 1e6:.1f} MB; bundle size by precision: {sizes}")
     return "\n".join(lines)
 
 

@@ -165,6 +165,31 @@ class FrozenModel(nn.Module):
             out.append(torch.gather(t, 1, gi))
         return out
 
+    def mlm_split(self) -> tuple[nn.Module, nn.Module] | None:
+        """``(encoder body, MLM head)`` when the masked LM has exactly one head module.
+
+        BERT (``bert`` + ``cls``) and RoBERTa (``roberta`` + ``lm_head``) do; models whose
+        head is spread over several modules (e.g. DistilBERT) return ``None``.
+        """
+        prefix = getattr(self.model, "base_model_prefix", "")
+        body = getattr(self.model, prefix, None) if prefix else None
+        heads = [m for name, m in self.model.named_children() if name != prefix]
+        return (body, heads[0]) if body is not None and len(heads) == 1 else None
+
+    def mlm_logits_at(self, embeds: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """MLM logits ``B×V`` at one position per row (``pos: B``).
+
+        The head runs on the ``B`` read positions only, not on all ``B×L``: on a 30k-word
+        vocabulary that is most of the forward cost at short lengths.
+        """
+        rows = torch.arange(embeds.shape[0])
+        split = self.mlm_split()
+        if split is None:
+            return self.model(inputs_embeds=embeds, attention_mask=mask).logits[rows, pos]
+        body, head = split
+        states = body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return head(states[rows, pos])
+
     def forward(
         self,
         z: torch.Tensor | np.ndarray | None,
@@ -201,8 +226,7 @@ class FrozenModel(nn.Module):
         if self.kind == "mlm":
             if read_pos is None:
                 raise ValueError("mlm needs read_pos (the <mask> index)")
-            logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
-            at = logits[torch.arange(logits.shape[0]), read_pos + t]
+            at = self.mlm_logits_at(embeds, mask, read_pos + t)
             return FrozenOutput(logits=at[:, label_ids] if label_ids is not None else at)
         # causal
         if lm_labels is not None:

@@ -23,6 +23,7 @@ from .backbone import FrozenModel
 from .config import LoPAConfig
 from .encoder import InstanceEncoder
 from .prompts import PRIVATE, SHARED, PromptGenerator, build_generator
+from .tiers import load_encoder
 
 QKV = {
     "bert": ("query", "key", "value"),
@@ -240,13 +241,14 @@ def build_model(
     """Build a :class:`PromptedModel` for ``task`` from names, reusing per-process caches.
 
     The frozen model and the instance encoder are loaded once per process; only the
-    small trainable parts are created here (seeded by ``seed`` when given). ``zs_init="auto"``
+    small trainable parts are created here (seeded by ``seed`` when given). ``encoder`` may be an encoder
+    tier (``minilm``, ``minilm-l<k>``, ``static``; :func:`lopa_fed.tiers.load_encoder`). ``zs_init="auto"``
     becomes the task's choice for the frozen model's kind, and the model's config records it.
     """
     frozen = FrozenModel.load(model, kind)
     if config.zs_init == "auto" and hasattr(task, "defaults"):
         config = replace(config, zs_init=task.defaults.zs_init_for(frozen.kind))
-    enc = InstanceEncoder.load(encoder) if config.has_generator and config.method != "pt" else None
+    enc = load_encoder(encoder, frozen) if config.has_generator and config.method != "pt" else None
     if seed is not None:
         torch.manual_seed(seed)
     num_labels = getattr(task, "num_labels", 0)

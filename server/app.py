@@ -16,4 +16,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Parse the run config (unknown keys are refused) and run the round loop."""
     settings = FedSettings.from_run_config(context.run_config)
+    if settings.server.secagg:  # SecAgg+ exists only on Flower's legacy workflow path
+        from .secagg import run_secagg
+
+        run_secagg(grid, context, settings)
+        return
     run_federation(grid, settings)

@@ -52,6 +52,8 @@ _OPTIONS: dict[str, str] = {
     "dp_noise": "dp-noise",
     "dp_clip": "dp-clip",
     "audit_log": "audit-log",
+    "tiers": "tiers",
+    "secagg": "secagg",
 }
 
 
@@ -66,7 +68,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", help="frozen model name (default: the task's: the packaged MiniLM; SmolLM2-135M for code tasks)"
     )
-    p.add_argument("--encoder", help="instance encoder name (default: the packaged MiniLM)")
+    p.add_argument(
+        "--encoder", help="instance encoder name or tier: minilm, minilm-l<k>, static (default: the packaged MiniLM)"
+    )
     p.add_argument("--rounds", type=int, help="number of server rounds (default: 3)")
     p.add_argument("--federate", choices=FEDERATE_MODES, help="what is sent (default: zs)")
     p.add_argument("--partition", choices=PARTITIONERS, help="flwr-datasets partitioner (default: iid)")
@@ -93,6 +97,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp-noise", type=float, help="server-side DP noise multiplier (needs --dp-clip)")
     p.add_argument("--dp-clip", type=float, help="server-side DP clipping norm; > 0 enables DP")
     p.add_argument("--audit-log", help="clients append SHA-256 digests of every outgoing array here (JSONL)")
+    p.add_argument(
+        "--tiers", metavar="TIER[:r=R][:hidden=H][:n=COUNT],...",
+        help="encoder tiers per client, in partition order, e.g. 'minilm:r=4:n=4,minilm-l3:r=1:n=3,static:r=1:n=3' "
+        "(tiers: minilm = MiniLM-L6, minilm-l<k> = its first k layers, static = the frozen model's token embeddings "
+        "mean-pooled; r/hidden default to the run's; n default 1; the counts give the number of clients). Only Zs "
+        "(and the classifier head) is federated, so clients of every tier share it (run-config key tiers)",
+    )
+    p.add_argument(
+        "--secagg", action="store_const", const=True, default=None,
+        help="secure aggregation with Flower's SecAgg+ (federate zs, strategy fedavg): the server sees only the "
+        "sum of masked client Zs (run-config secagg = true; see secagg-clip, secagg-shares, secagg-threshold)",
+    )
     p.add_argument(
         "--resume", action="store_true",
         help="continue the run in OUT from its last completed round and each client's private state "
@@ -138,7 +154,10 @@ def register(subparsers: Any) -> None:
             "against it, stream progress, print a summary and stop every process by PID."
         ),
     )
-    s.add_argument("--num-clients", type=int, default=2, help="number of simulated SuperNodes (default: 2)")
+    s.add_argument(
+        "--num-clients", type=int, default=None,
+        help="number of simulated SuperNodes (default: the --tiers counts, else 2)",
+    )
     s.add_argument("--cpus-per-client", type=float, default=1.0, help="Ray CPUs per client (default: 1 → 2 workers on 2 cores)")
     _add_common(s)
     s.set_defaults(func=cmd_simulate)
@@ -152,7 +171,13 @@ def register(subparsers: Any) -> None:
             "wait for completion, print the result and stop every process by PID."
         ),
     )
-    d.add_argument("--nodes", type=int, default=2, help="number of SuperNodes (default: 2)")
+    d.add_argument("--nodes", type=int, default=None, help="number of SuperNodes (default: the --tiers counts, else 2)")
+    d.add_argument(
+        "--tls", action="store_true",
+        help="TLS and SuperNode authentication: make a CA, a server certificate (127.0.0.1, localhost, ::1) and an "
+        "ECDSA key per node in OUT/tls and OUT/keys, start the SuperLink with --ssl-* and --enable-supernode-auth, "
+        "register every node key (flwr supernode register) and connect the SuperNodes with their keys",
+    )
     _add_common(d)
     d.set_defaults(func=cmd_deploy_local)
 
@@ -229,11 +254,12 @@ def launch_plan(args: argparse.Namespace, mode: str) -> LaunchPlan:
         The run directory cannot be used as asked (:func:`server.guard.check_run_dir`).
     """
     from lopa_fed.federation import FedSettings
+    from lopa_fed.federation.hetero import fleet_size
 
     from . import guard
     from .launch import check_launch
 
-    n = int(args.num_clients if mode == "simulate" else args.nodes)
+    n = fleet_size(getattr(args, "tiers", None), args.num_clients if mode == "simulate" else args.nodes)
     check_launch(n, args.timeout, cpus_per_client=getattr(args, "cpus_per_client", 1.0))
     cfg = run_config_from_args(args, n)
     out = Path(args.out).expanduser().resolve()
@@ -255,7 +281,7 @@ def _run(args: argparse.Namespace, mode: str) -> int:
         f"[bold]{mode}[/]: {n} clients, {settings.server.num_server_rounds} rounds, task {settings.task}, "
         f"model {settings.model_name}, method {settings.lopa.method} (r={settings.lopa.r}), "
         f"federate={settings.federate}, {settings.data.partitioner} partitions, "
-        f"strategy {settings.server.strategy} → {out}"
+        f"strategy {settings.server.strategy}" + (f", tiers {settings.tiers}" if settings.tiers else "") + f" → {out}"
     )
     progress = Progress(
         TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -280,7 +306,10 @@ def _run(args: argparse.Namespace, mode: str) -> int:
                 timeout=args.timeout, on_round=on_round, force=args.force,
             )
         else:
-            res = launch.deploy_local(
+            deploy = launch.deploy_local
+            if getattr(args, "tls", False):
+                from .tls import deploy_local_tls as deploy
+            res = deploy(
                 cfg, out, nodes=n, app_dir=plan.app_dir, timeout=args.timeout, on_round=on_round, force=args.force,
             )
     return _report(console, res, mode, out)
@@ -296,8 +325,10 @@ def _report(console: Any, res: Any, mode: str, out: Path) -> int:
         client of some round failed; the message names the round and the cause.
     """
     from .guard import RunFailedError
+    from .tiers import print_tier_summary
 
     print_summary(console, res.rounds, title=f"{mode} — {out}")
+    print_tier_summary(console, res.rounds)  # only when clients ran several encoder tiers
     for note in res.notes:
         console.print(f"[dim]{note}[/]")
     failures = res.failures
@@ -333,6 +364,11 @@ def print_summary(console: Any, rounds: list[dict[str, Any]], title: str = "roun
             f(r.get("seconds"), "{:.0f}"),
         )
     console.print(t)
+    from .privacy import summary_line
+
+    dp_line = summary_line(rounds[-1].get("dp") if rounds else None)  # server-side DP runs: epsilon so far
+    if dp_line:
+        console.print(dp_line)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

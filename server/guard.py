@@ -54,7 +54,7 @@ LOCK_FILE = ".lock"
 #: Files and directories that make ``OUT`` a run directory (besides client private state).
 RUN_MARKERS = (RUN_FILE, STATE_FILE, GLOBAL_DIR, ROUNDS_JSONL, ROUNDS_JSON)
 #: What ``--force`` deletes in ``OUT`` (with the private-state files).
-RUN_OUTPUTS = (*RUN_MARKERS, "rounds.png", "run-config.toml", "logs", "flwr-home")
+RUN_OUTPUTS = (*RUN_MARKERS, "rounds.png", "run-config.toml", "logs", "flwr-home", "secagg", "tls", "keys")
 
 
 class RunBusyError(LoPAError, RuntimeError):

@@ -254,13 +254,16 @@ def _launch(
     fed_cfg: str | None = None,
     nodes: int = 0,
     force: bool = False,
+    claimed: Callable[..., LaunchResult] | None = None,
 ) -> LaunchResult:
-    """Claim ``out_dir`` (:func:`server.guard.claim`) and run the federation in it."""
+    """Claim ``out_dir`` (:func:`server.guard.claim`) and run the federation in it (``claimed``: the launch)."""
     out_dir = Path(out_dir).resolve()
     app_dir = app_dir or project_dir()
     with guard.claim(out_dir, run_config, force=force) as first_round:
         try:
-            res = _launch_claimed(run_config, out_dir, app_dir, superlink_flags, timeout, on_round, fed_cfg, nodes)
+            res = (claimed or _launch_claimed)(
+                run_config, out_dir, app_dir, superlink_flags, timeout, on_round, fed_cfg, nodes
+            )
         except BaseException as exc:  # timeout, a process that would not start, SIGTERM, Ctrl-C
             guard.mark_failed(out_dir, f"{type(exc).__name__}: {exc}")
             raise
@@ -349,6 +352,8 @@ def deploy_local(
     force: bool = False,
 ) -> LaunchResult:
     """Real deployment runtime on loopback: ``flower-superlink`` + ``nodes`` × ``flower-supernode`` + ``flwr run``.
+
+    With TLS and SuperNode authentication: :func:`server.tls.deploy_local_tls`.
 
     SuperNode ``i`` gets ``--node-config "partition-id=i num-partitions=N"`` and its own port.
     ``on_round(record, processes)`` is called for each finished round (e.g. to kill a node).

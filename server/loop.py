@@ -45,8 +45,10 @@ from lopa_fed.federation import (
 )
 
 from .metrics import RoundLog, payload_bytes, weighted_stats
+from .privacy import PrivacyLedger
 from .rundir import RunDir
 from .strategy import build_strategy
+from .tiers import add_tiers
 from .validation import ReplyValidation, Screened, Spec, specs_of
 
 log = logging.getLogger("flwr.lopa_fed.server")
@@ -67,6 +69,7 @@ class Federation:
     first_round: int
     rounds: RoundLog
     info: dict[str, Any]
+    privacy: PrivacyLedger | None = None  # server-side DP runs: the epsilon ledger (server.privacy)
 
     def config(self) -> ConfigRecord:
         """The ConfigRecord every message carries: state-tag, private-dir, data-dir."""
@@ -126,6 +129,8 @@ def run_federation(grid: Grid, settings: FedSettings) -> dict[str, Any]:
     fed.info["rounds_without_clients"] = [
         int(r["round"]) for r in fed.rounds.records if int(r["sampled"]) and not int(r["replied"])
     ]
+    if fed.privacy is not None and fed.rounds.records:
+        fed.info["privacy"] = fed.rounds.records[-1].get("dp")
     fed.rundir.write_info(fed.info)
     return {"output_dir": str(fed.paths.output_dir), "rounds": fed.rounds.records, "federated": fed.names}
 
@@ -178,7 +183,11 @@ def start_federation(grid: Grid, settings: FedSettings) -> Federation:
         paths.private_dir,
     )
     rounds = RoundLog(paths.output_dir, keep_until=keep)
-    return Federation(settings, paths, rundir, names, specs, strategy, arrays, tag, first, rounds, info)
+    fed = Federation(settings, paths, rundir, names, specs, strategy, arrays, tag, first, rounds, info)
+    fed.privacy = PrivacyLedger.start(
+        settings, getattr(inner, "num_sampled_clients", settings.server.min_nodes), rounds.records
+    )
+    return fed
 
 
 def run_round(grid: Grid, fed: Federation, rnd: int) -> dict[str, Any]:
@@ -190,6 +199,12 @@ def run_round(grid: Grid, fed: Federation, rnd: int) -> dict[str, Any]:
     fed.rundir.save_global(fed.arrays, rnd, fed.state_tag)
     fed.rundir.save_state(fed.state_tag, rnd)
     rec = round_record(fed.settings, rnd, train, evaluation, time.time() - t0)
+    add_tiers(rec, train.screened.accepted, evaluation.screened.accepted)  # per-tier accuracy (server.tiers)
+    if fed.privacy is not None:  # server-side DP: the round's release and epsilon so far (server.privacy)
+        rec["dp"] = fed.privacy.account(
+            len(train.exchange.sent), len(list(grid.get_node_ids())),
+            [float(m["num-examples"]) for m in train.metrics], train.updated,
+        )
     fed.rounds.append(rec)
     log.info(
         "[lopa-fed] round %d: train loss %s, acc %s (min %s, max %s), up %d B, down %d B, replied %d, failed %d, "

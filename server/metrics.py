@@ -106,6 +106,9 @@ def plot_rounds(records: Sequence[dict[str, Any]], path: Path) -> None:
     ax1.plot(rounds, mean, marker="o", label=f"personalised {metric} (weighted mean)")
     if any(not math.isnan(x) for x in lo):
         ax1.fill_between(rounds, lo, hi, alpha=0.2, label="min–max across clients")
+    from .tiers import plot_tier_curves  # one curve per encoder tier when clients ran several
+
+    plot_tier_curves(ax1, records)
     ax1.set_xlabel("round")
     ax1.set_ylabel(metric)
     ax1.set_ylim(0, 1)

@@ -21,6 +21,8 @@ SCRIPTS = {  # case: (script, arguments)
     "federated": ("federated", ["--budget", "smoke"]),
     "federated-causal": ("federated", ["--setting", "causal", "--budget", "smoke"]),
     "scale": ("scale", ["--counts", "2", "--per-client", "8", "--local-steps", "1"]),
+    "robust": ("robust", ["--budget", "smoke", "--strategies", "fedavg,fedmedian", "--attacks", "nan,signflip"]),
+    "robust-dp": ("robust", ["--budget", "smoke", "--dp", "--dp-noise", "1.0"]),
 }
 EXPECTED = {  # result file written by each case, and keys that must be in it
     "communication": ("communication.json", ("meta", "results", "flowertune")),
@@ -31,6 +33,8 @@ EXPECTED = {  # result file written by each case, and keys that must be in it
     "federated": ("federated-smoke.json", ("meta", "setup", "results")),
     "federated-causal": ("federated-causal-smoke.json", ("meta", "setup", "results", "gaps")),
     "scale": ("scale.json", ("meta", "setup", "results")),
+    "robust": ("robust-smoke.json", ("meta", "setup", "results", "summary")),
+    "robust-dp": ("robust-dp-smoke.json", ("meta", "setup", "results", "summary")),
 }
 
 
@@ -41,7 +45,7 @@ def test_bench_script_runs(case: str, tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     script, script_args = SCRIPTS[case]
     cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), *script_args, "--out-dir", str(tmp_path)]
-    if script in ("federated", "scale"):
+    if script in ("federated", "scale", "robust"):
         cmd += ["--work-dir", str(tmp_path / "work")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -83,15 +83,22 @@ def _check_limits(args: argparse.Namespace) -> None:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {vf}")
 
 
-def _hidden(args: argparse.Namespace, task: Task) -> int:
-    """``--hidden``, else the task's h′ (``None`` there means the instance encoder's width)."""
+def _hidden(args: argparse.Namespace, task: Task, kind: str) -> int:
+    """``--hidden``, else the task's h′ (``None`` there means the instance encoder's width).
+
+    The encoder may be a tier (:mod:`lopa_fed.tiers`); the ``static`` tier is as wide as
+    the frozen model, which is then loaded here (once per process, as training would).
+    """
     if args.hidden is not None:
         return args.hidden
     if task.defaults.hidden is not None or args.method in ("pt", "lora", "head"):
         return task.defaults.hidden or 256  # unused by methods without instance heads
-    from ..encoder import InstanceEncoder
+    from ..backbone import FrozenModel
+    from ..tiers import load_encoder, tier_info
 
-    return InstanceEncoder.load(args.encoder).hidden_size
+    info = tier_info(args.encoder)
+    frozen = FrozenModel.load(task.defaults.model_name(args.model), kind) if info and info.name == "static" else None
+    return load_encoder(args.encoder, frozen).hidden_size
 
 
 def resolve(args: argparse.Namespace) -> Resolved:
@@ -109,7 +116,7 @@ def resolve(args: argparse.Namespace) -> Resolved:
     task.check(args.method, kind)
     paper = bool(getattr(args, "paper_defaults", False))
     zs_init = args.zs_init or ("normal" if paper else "auto")
-    lopa = LoPAConfig(method=args.method, m=args.m, r=args.r or d.r, hidden=_hidden(args, task),
+    lopa = LoPAConfig(method=args.method, m=args.m, r=args.r or d.r, hidden=_hidden(args, task, kind),
                       lora_r=args.lora_r, zs_init=zs_init)
     train = TrainConfig(
         lr=args.lr if args.lr is not None else d.learning_rate(args.method, paper=paper),

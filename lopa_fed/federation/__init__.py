@@ -15,6 +15,7 @@ Plain Python, no Flower imports: both apps import it, and neither imports the ot
 
 from __future__ import annotations
 
+from .attack import ATTACKS, AttackConfig
 from .paths import RunPaths, absolute, run_paths
 from .protocol import (
     ACCURACY,
@@ -41,6 +42,7 @@ from .settings import SCHEMA, FedSettings, new_model
 
 __all__ = [
     "ACCURACY",
+    "ATTACKS",
     "BAD_PRIVATE_STATE",
     "ARRAYS_KEY",
     "CONFIG_KEY",
@@ -58,6 +60,7 @@ __all__ = [
     "STATE_TAG",
     "STRATEGIES",
     "TRAIN_METRIC_KEYS",
+    "AttackConfig",
     "DataConfig",
     "FedSettings",
     "Key",

@@ -25,13 +25,15 @@ __all__ = [
 #     state.json                                state-tag and last completed round (for --resume)
 #     global/round-NNN.safetensors              global shared tensors after round NNN (000: initial)
 #     global/latest.safetensors                 the newest of those
-#     <private-dir>/partition-<i>-of-<n>.safetensors   client i's private tensors
+#     <private-dir>/partition-<i>-of-<n>.safetensors   client i's private tensors (full MiniLM or a non-tier encoder)
+#     <private-dir>/partition-<i>-of-<n>.<tier>.safetensors   ... with encoder tier <tier> (lopa_fed.tiers.state_key)
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 GLOBAL_DIR = "global"
 LATEST_FILE = "latest.safetensors"
 ROUND_PATTERN = re.compile(r"round-(\d+)\.safetensors")
-PRIVATE_PATTERN = re.compile(r"partition-(\d+)-of-(\d+)\.safetensors")
+#: Groups: partition, number of partitions, encoder key (``None`` for the plain file name).
+PRIVATE_PATTERN = re.compile(r"partition-(\d+)-of-(\d+)(?:\.([a-z0-9-]+))?\.safetensors")
 
 
 def round_file(server_round: int) -> str:
@@ -39,9 +41,9 @@ def round_file(server_round: int) -> str:
     return f"round-{server_round:03d}.safetensors"
 
 
-def private_file(partition_id: int, num_partitions: int) -> str:
-    """File name of partition ``partition_id``'s private tensors."""
-    return f"partition-{partition_id}-of-{num_partitions}.safetensors"
+def private_file(partition_id: int, num_partitions: int, key: str = "") -> str:
+    """File name of partition ``partition_id``'s private tensors for encoder key ``key`` (``""``: the plain name)."""
+    return f"partition-{partition_id}-of-{num_partitions}" + (f".{key}" if key else "") + ".safetensors"
 
 
 def absolute(path: str, base: Path | None = None) -> str:

@@ -78,8 +78,26 @@ class ServerConfig:
     ))
     dp_noise: float = field(default=0.0, metadata=_help("server-side DP noise multiplier (needs dp-clip)"))
     dp_clip: float = field(default=0.0, metadata=_help("server-side DP clipping norm; > 0 enables DP"))
+    dp_delta: float = field(default=1e-5, metadata=_help(
+        "delta at which the RDP accountant reports epsilon per round (server-side DP runs; in (0, 1))"
+    ))
     resume: bool = field(default=False, metadata=_help(
         "continue from <output-dir>/global/latest.safetensors and each client's private state"
+    ))
+    secagg: bool = field(default=False, metadata=_help(
+        "secure aggregation of the shared tensors with Flower's SecAgg+ (federate = zs, strategy fedavg, no DP): "
+        "the server sees only the sum of masked, quantized client updates"
+    ))
+    secagg_clip: float = field(default=8.0, metadata=_help(
+        "SecAgg+: each client clips its Zs values to +-secagg-clip and scales them into SecAgg+'s +-8 range "
+        "(2^22 quantization levels); the server unscales the aggregate"
+    ))
+    secagg_shares: float = field(default=1.0, metadata=_help(
+        "SecAgg+: share of the sampled clients each client's secrets are split among, in (0, 1]"
+    ))
+    secagg_threshold: float = field(default=0.5, metadata=_help(
+        "SecAgg+: share of those shares needed to reconstruct a secret (at least 2), in (0, 1]; lower tolerates "
+        "more dropped clients, higher resists more colluding ones"
     ))
 
     def __post_init__(self) -> None:
@@ -95,8 +113,21 @@ class ServerConfig:
             raise ConfigError(f"round-timeout must be > 0, got {self.round_timeout!r}")
         if not 0.0 <= self.trim_beta < 0.5:
             raise ConfigError(f"trim-beta must be in [0, 0.5), got {self.trim_beta!r}")
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta!r}")
         if self.dp_noise > 0 and self.dp_clip <= 0:
             raise ConfigError("dp-noise > 0 needs dp-clip > 0 (the clipping norm)")
+        if not self.secagg_clip > 0:
+            raise ConfigError(f"secagg-clip must be > 0, got {self.secagg_clip!r}")
+        for name in ("secagg_shares", "secagg_threshold"):
+            if not 0.0 < float(getattr(self, name)) <= 1.0:
+                raise ConfigError(f"{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.secagg and self.strategy != "fedavg":
+            raise ConfigError(f"secagg = true computes a weighted mean (strategy fedavg), not {self.strategy!r}")
+        if self.secagg and self.dp_clip > 0:
+            raise ConfigError("secagg = true cannot be combined with server-side DP (dp-clip > 0)")
+        if self.secagg and self.min_nodes < 2:
+            raise ConfigError(f"secagg = true needs min-nodes >= 2 (SecAgg+ masks among clients), got {self.min_nodes}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from ..config import LoPAConfig, TrainConfig
 from ..errors import ConfigError, UnknownTaskError
 from ..tasks import Task, get_task
+from .attack import AttackConfig
+from .hetero import check_tiers
 from .protocol import FEDERATE_MODES, reported_metric
 from .schema import RunConfigSchema, keys_of
 from .sections import DataConfig, PathsConfig, ServerConfig
@@ -48,6 +50,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "server": ServerConfig,
     "paths": PathsConfig,
+    "attack": AttackConfig,
 }
 
 #: Fields whose run-config 0 means the task's default (:class:`~lopa_fed.tasks.TaskDefaults`).
@@ -74,6 +77,9 @@ class FedSettings:
     data, server, paths
         :class:`DataConfig` (partitions), :class:`ServerConfig` (rounds, strategy, validation,
         DP), :class:`PathsConfig` (output, private state, data, audit log).
+    attack : AttackConfig
+        Simulated attackers, a research knob (:mod:`lopa_fed.federation.attack`; keys ``attack``,
+        ``attackers``, ``attack-scale``); off by default.
     task : str
         A GLUE task (``sst2``, ``rte``, ...) or a code task (``cruxeval-o``, ``cruxeval-i``,
         ``mbpp``); see :func:`lopa_fed.tasks.get_task`.
@@ -85,6 +91,9 @@ class FedSettings:
         Seeds partitioning, local splits, initialisation and local training.
     max_new_tokens : int
         Generation budget when scoring tasks that generate (0: the task's).
+    tiers : str
+        Per-partition encoder tiers (:func:`lopa_fed.federation.hetero.parse_tiers`); each node's
+        own settings come from :func:`lopa_fed.federation.hetero.node_tier`.
     """
 
     lopa: LoPAConfig
@@ -92,20 +101,29 @@ class FedSettings:
     data: DataConfig
     server: ServerConfig
     paths: PathsConfig
+    attack: AttackConfig
     task: str = field(default="sst2", metadata={"help": "GLUE task (sst2, rte, mrpc, cola) or code task"})
     model: str = field(default="default", metadata={"help": "frozen model (default: the task's)"})
-    encoder: str = field(default="default", metadata={"help": "instance encoder (default: MiniLM)"})
+    encoder: str = field(default="default", metadata={"help": "instance encoder or tier (minilm, minilm-l<k>, static; default: MiniLM)"})
     federate: str = field(default="zs", metadata={"help": f"what is sent: {', '.join(FEDERATE_MODES)}"})
     seed: int = field(default=9876, metadata={"help": "seed of partitions, splits, init and training"})
     max_new_tokens: int = field(default=0, metadata={"help": "generation budget for scoring (0: the task's)"})
+    tiers: str = field(default="", metadata={"help": (
+        "per-partition encoder tiers in partition order, TIER[:r=R][:hidden=H][:n=COUNT],... e.g. "
+        "minilm:r=4:n=4,minilm-l3:r=1:n=3,static:r=1:n=3 (empty: every node runs encoder/r/hidden; "
+        "see lopa_fed.federation.hetero)"
+    )})
 
     def __post_init__(self) -> None:
         if self.federate not in FEDERATE_MODES:
             raise ConfigError(f"federate: unknown {self.federate!r}; choose one of {', '.join(FEDERATE_MODES)}")
         if self.max_new_tokens < 0:
             raise ConfigError(f"max-new-tokens must be >= 0, got {self.max_new_tokens!r}")
+        if self.server.secagg and self.federate != "zs":
+            raise ConfigError(f"secagg = true works only with federate = zs, got federate = {self.federate!r}")
         task = _task(self.task)
         task.check(self.lopa.method, self.kind)
+        check_tiers(self)
         if task.num_labels == 0 and self.data.partitioner != "iid":
             raise ConfigError(
                 f"partitioner: {self.data.partitioner!r} partitions by label, and task {self.task!r} has no "
@@ -224,5 +242,6 @@ SCHEMA = RunConfigSchema(
             skip=("seed",),
         ),
         *(key for name in ("data", "server", "paths") for key in keys_of(SECTIONS[name], name)),
+        *keys_of(AttackConfig, "attack", rename={"kind": "attack", "scale": "attack-scale"}),
     ]
 )

@@ -245,3 +245,19 @@ def test_single_text_tokenised_the_same_in_a_mixed_batch(tiny_encoder):
         assert int(mixed["attention_mask"][row].sum()) == n
     pair = tiny_encoder.tokenize([("premise here", "hypothesis there")])
     assert mixed["input_ids"][0, : pair["input_ids"].shape[1]].tolist() == pair["input_ids"][0].tolist()
+
+
+def test_mlm_head_runs_at_the_read_position_only(tok):
+    """The split path (body, then the head on B rows) equals the full B×L×V head."""
+    frozen = FrozenModel(tiny_bert("mlm", seed=5), tok, "mlm", "tiny-bert-mlm")
+    assert frozen.mlm_split() is not None
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[2, 6:] = 0
+    pos = torch.tensor([1, 8, 3])
+    with torch.no_grad():
+        embeds = frozen.embeddings(ids)
+        full = frozen.model(inputs_embeds=embeds, attention_mask=mask).logits[torch.arange(3), pos]
+        torch.testing.assert_close(frozen.mlm_logits_at(embeds, mask, pos), full, rtol=1e-5, atol=1e-5)
+        frozen.mlm_split = lambda: None  # a head spread over several modules: the full path
+        torch.testing.assert_close(frozen.mlm_logits_at(embeds, mask, pos), full)

@@ -42,6 +42,14 @@ def test_unset_options_become_the_papers_code_defaults():
         _resolve("--task", "mbpp", "--method", "head")
 
 
+def test_code_task_width_follows_an_encoder_tier():
+    """h' = the tier's width: MiniLM-L3 is 384 wide, the static tier as wide as SmolLM2 (576)."""
+    assert _resolve("--task", "mbpp", "--method", "lopa", "--encoder", "minilm-l3").lopa.hidden == 384
+    assert _resolve("--task", "mbpp", "--method", "lopa", "--encoder", "static").lopa.hidden == 576
+    with pytest.raises(ConfigError, match="minilm-l1 to minilm-l5"):
+        _resolve("--task", "mbpp", "--method", "lopa", "--encoder", "minilm-l9")
+
+
 def test_glue_defaults_come_from_the_task():
     got = _resolve("--task", "sst2")
     assert (got.model, got.kind, got.lopa.r, got.lopa.hidden, got.train.epochs, got.train.max_length) == (
