@@ -109,6 +109,17 @@ def contention_note(load_start: Sequence[float], load_end: Sequence[float]) -> s
     return None
 
 
+def add_result_args(ap, name_default: str) -> None:
+    """The result-file options of a resumable benchmark: ``--resume``, ``--merge``, ``--threads``,
+    ``--out-dir``, ``--name`` (default ``name_default``)."""
+    ap.add_argument("--resume", action="store_true", help="keep finished runs from an earlier result file")
+    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
+                    help="also take finished runs from these result files (shards run with other --tasks/--methods/--name)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--name", default=None, help=f"result file name (default {name_default})")
+
+
 def write_json(name: str, data: dict[str, Any], out_dir: Path | None = None) -> Path:
     """Write ``data`` to ``bench/results/<name>.json`` (atomically) and return the path."""
     out_dir = Path(out_dir or RESULTS)

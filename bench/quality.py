@@ -181,13 +181,7 @@ def classifier_main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=None, help="comma-separated subset of " + ",".join(MAIN_METHODS))
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--no-decoder", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="keep finished runs from an earlier result file")
-    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
-                    help="also take finished runs from these result files (e.g. shards run in parallel "
-                         "with different --tasks and --name)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--out-dir", default=str(common.RESULTS))
-    ap.add_argument("--name", default=None, help="result file name (default quality-<budget>)")
+    common.add_result_args(ap, "quality-<budget>")
     args = ap.parse_args(argv)
 
     import json

@@ -252,9 +252,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of " + ",".join((*METHODS, *ABLATIONS)) + " (default: all)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's; the first selects)")
-    ap.add_argument("--resume", action="store_true", help="keep finished runs from an earlier result file")
-    ap.add_argument("--merge", nargs="*", default=[], metavar="JSON",
-                    help="also take finished runs from these result files (shards run with other --methods/--name)")
     ap.add_argument("--deadline", default=None,
                     help="HH:MM UTC (or ISO time): start no run that would not finish by then (estimated from the "
                          "median duration of finished runs)")
@@ -263,9 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dry-run", action="store_true", help="print the plan (what would run) and exit")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the summary, table and plot from the finished runs (with --resume/--merge); train nothing")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    ap.add_argument("--out-dir", default=str(common.RESULTS))
-    ap.add_argument("--name", default=None, help="result file name (default quality-causal-<budget>)")
+    common.add_result_args(ap, "quality-causal-<budget>")
     args = ap.parse_args(argv)
 
     import torch
