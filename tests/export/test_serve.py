@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import statistics
 
 import httpx
 import numpy as np
@@ -138,9 +139,10 @@ def test_oversized_body_is_refused(server):
 def test_memory_does_not_grow_with_distinct_users(server, texts):
     """After a warm-up, RSS stays flat over 768 more users, each with a distinct Z.
 
-    glibc keeps freed pages, so single readings jump by tens of MB either way; a per-user leak
-    raises the floor. Compare the lowest reading of the first three rounds with that of the last three,
-    within 2 % (the issue's bound at 1,000 users; ``bench/serve.py`` measures it over longer runs).
+    glibc keeps freed pages, so single readings jump by up to ~15 MB either way (one dip to the floor
+    failed a min-of-three comparison once: 605, 610, 596 | 611, 611, 611); a per-user leak raises the
+    level. Compare the median reading of the first three rounds with that of the last three, within 2 %
+    (the issue's bound at 1,000 users; ``bench/serve.py`` measures it over longer runs).
     Keeping anything adapter-sized per user (a LoRA r=16 adapter is 0.88 MB at this size) would
     add over 300 MB here.
     """
@@ -161,9 +163,9 @@ def test_memory_does_not_grow_with_distinct_users(server, texts):
     for _ in range(6):
         asyncio.run(users(128))
         readings.append(_rss_kb(proc.pid) / 1024)
-    early, late = min(readings[:3]), min(readings[3:])
+    early, late = statistics.median(readings[:3]), statistics.median(readings[3:])
     print(f"RSS readings (MB) over 6 × 128 new users: {[round(r, 1) for r in readings]}")
-    assert late - early < 0.02 * early, f"host RSS floor rose from {early:.1f} to {late:.1f} MB"
+    assert late - early < 0.02 * early, f"host RSS (median) rose from {early:.1f} to {late:.1f} MB"
 
 
 def test_api_key_and_sigterm(export_dir):
