@@ -109,6 +109,24 @@ def contention_note(load_start: Sequence[float], load_end: Sequence[float]) -> s
     return None
 
 
+PROVENANCE_KEYS = ("command", "commit", "dirty", "date", "contention")
+
+
+def record_source(meta: dict[str, Any], src: Path, old: dict[str, Any], name: str) -> None:
+    """Record in ``meta`` where resumed or merged results came from.
+
+    A file of another name (``--merge``) goes under ``merged_from``; the result file itself
+    (``--resume``) goes under ``earlier_invocations``, after the invocations it already lists, so
+    the command, commit and date that measured every kept run stay on record.
+    """
+    om = old.get("meta", {})
+    entry = {k: om.get(k) for k in PROVENANCE_KEYS}
+    if src.name != f"{name}.json":
+        meta.setdefault("merged_from", []).append({"file": src.name, **entry})
+    else:
+        meta["earlier_invocations"] = [*om.get("earlier_invocations", []), entry]
+
+
 def add_result_args(ap, name_default: str) -> None:
     """The result-file options of a resumable benchmark: ``--resume``, ``--merge``, ``--threads``,
     ``--out-dir``, ``--name`` (default ``name_default``)."""

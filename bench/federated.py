@@ -223,12 +223,13 @@ def main(argv: list[str] | None = None) -> dict:
         old = json.loads(src.read_text())
         results += [r | {"seed": r.get("seed", old.get("meta", {}).get("seeds", [args.seed])[0])}
                     for r in old.get("results", []) if r["status"] == "ok"]
-        if src.name != f"{name}.json":
-            meta.setdefault("merged_from", []).append({"file": src.name, **{k: old.get("meta", {}).get(k) for k in
-                                                                          ("command", "commit", "date", "contention")}})
+        common.record_source(meta, src, old, name)
     done = {(r["alpha"], r["row"], r["seed"]) for r in results}
     model = "SmolLM2-135M-Instruct (causal verbalizer), MiniLM instance encoder" if causal else "all-MiniLM-L6-v2"
-    data = {"meta": meta, "setup": {**b, "rows": rows, "alphas": alphas, "seeds": list(seeds), "task": "sst2",
+    # the setup describes every kept row, not only this invocation's share
+    kept_alphas = sorted({*alphas, *(r["alpha"] for r in results)}, reverse=True)
+    kept_seeds = [*seeds, *sorted({r["seed"] for r in results} - set(seeds))]
+    data = {"meta": meta, "setup": {**b, "rows": rows, "alphas": kept_alphas, "seeds": kept_seeds, "task": "sst2",
                                     "partitioner": "inner-dirichlet", "model": model, "m": 10, "r": 4,
                                     "zs_init": "vocab" if causal else "normal", "cpus_per_client": 1.0},
             "results": results}

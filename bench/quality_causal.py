@@ -288,14 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--merge: no such result file: {src}")
         old = json.loads(src.read_text())
         prev.update({_key(r): r for r in old.get("runs", [])})
-        if src.name != f"{name}.json":
-            om = old.get("meta", {})
-            meta.setdefault("merged_from", []).append(
-                {"file": src.name, **{k: om.get(k) for k in ("command", "commit", "dirty", "date", "contention")}})
-        else:  # keep the provenance of the invocations that measured the resumed runs
-            meta["earlier_invocations"] = [*old.get("meta", {}).get("earlier_invocations", []),
-                                           {k: old.get("meta", {}).get(k) for k in ("command", "commit", "dirty", "date",
-                                                                                   "contention")}]
+        common.record_source(meta, src, old, name)
     runs: list[dict] = list(prev.values())
     protocol = {"budget": args.budget, **b, "seeds": list(seeds), "plan": [list(p) for p in PLAN],
                 "model": MODEL, "encoder": ENCODER, **PROTOCOL}
@@ -343,9 +336,13 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(entry)
 
     if args.dry_run:
+        listed: set[tuple] = set()
         for entry in PLAN:
             for st in expand(entry):
                 k = st[:5]
+                if k in listed:  # a "seeds" entry repeated in PLAN lists the same runs again
+                    continue
+                listed.add(k)
                 print(("done  " if (k[0], k[1], k[2], float(k[3]), k[4]) in prev else "to do ") + " ".join(map(str, st)))
         return {}
 

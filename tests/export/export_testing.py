@@ -11,6 +11,9 @@ import torch
 
 from export import cli as export_cli
 from lopa_fed import weights
+from lopa_fed.backbone import FrozenModel
+from lopa_fed.config import LoPAConfig
+from lopa_fed.encoder import InstanceEncoder
 from lopa_fed.errors import LoPAError
 from lopa_fed.model import PromptedModel
 
@@ -68,6 +71,18 @@ def save_tiny_models(root: Path) -> tuple[str, str]:
     tok.save_pretrained(enc_dir)
     tok.save_pretrained(frz_dir)
     return str(enc_dir), str(frz_dir)
+
+
+def tiny_lopa_classifier(root: Path, perturb_seed: int) -> PromptedModel:
+    """A LoPA classifier (m=3, r=2, hidden 8) on :func:`save_tiny_models`' models, perturbed, in eval mode."""
+    enc_dir, frz_dir = save_tiny_models(root)
+    torch.manual_seed(0)
+    pm = PromptedModel(
+        FrozenModel.load(frz_dir, "classifier"), LoPAConfig("lopa", m=3, r=2, hidden=8, zs_init="normal"),
+        num_labels=2, encoder=InstanceEncoder.load(enc_dir),
+    )
+    perturb(pm, perturb_seed)
+    return pm.eval()
 
 
 def save_tiny_causal(root: Path, seed: int = 5) -> str:

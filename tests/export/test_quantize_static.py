@@ -5,32 +5,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
-from export_testing import perturb, save_tiny_models
+from export_testing import tiny_lopa_classifier
 
 from export.errors import ExportError
 from export.parity import torch_prompts
 from export.pipeline import export_model
 from export.quantize_static import FeedReader, excluded_nodes, generator_nodes, quantize_static_int8
 from export.runtime import FP32_FILE, INT8_FILE, PromptRuntime
-from lopa_fed.backbone import FrozenModel
-from lopa_fed.config import LoPAConfig
-from lopa_fed.encoder import InstanceEncoder
-from lopa_fed.model import PromptedModel
 from lopa_fed.tasks import get_task
 
 
 @pytest.fixture(scope="module")
 def static_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("qstatic")
-    enc_dir, frz_dir = save_tiny_models(root)
-    torch.manual_seed(0)
-    pm = PromptedModel(
-        FrozenModel.load(frz_dir, "classifier"), LoPAConfig("lopa", m=3, r=2, hidden=8, zs_init="normal"),
-        num_labels=2, encoder=InstanceEncoder.load(enc_dir),
-    )
-    perturb(pm, 2)
-    pm.eval()
+    pm = tiny_lopa_classifier(root, perturb_seed=2)
     task = get_task("sst2")
     data = task.encode(task.read("dev", limit=24), pm.frozen, 128)
     texts = [it.enc_text for it in data.items[:12]]

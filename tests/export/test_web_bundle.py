@@ -22,19 +22,14 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from export_testing import perturb, run_cli, run_cli_quiet, save_tiny_models
+from export_testing import run_cli, run_cli_quiet, tiny_lopa_classifier
 
 from export.parity import torch_prompts
 from export.runtime import INT8_FILE, PromptRuntime, read_sidecar
 from export.serve.process import start_server, stop_server
 from export.web_browser import browser_missing, decode_items, run_demo, run_in_browser, serve_static
 from export.web_bundle import NODE_MODULES_ENV, write_web_bundle
-from lopa_fed.backbone import FrozenModel
 from lopa_fed.checkpoint import save_checkpoint
-from lopa_fed.config import LoPAConfig
-from lopa_fed.encoder import InstanceEncoder
-from lopa_fed.model import PromptedModel
 from lopa_fed.tasks import get_task
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,14 +68,7 @@ def texts():
 def web(browser, tmp_path_factory):
     """``lopa-fed export --int8 --web`` of a tiny checkpoint, plus an fp32 bundle of the same export."""
     root = tmp_path_factory.mktemp("web")
-    enc_dir, frz_dir = save_tiny_models(root)
-    torch.manual_seed(0)
-    pm = PromptedModel(
-        FrozenModel.load(frz_dir, "classifier"), LoPAConfig("lopa", m=3, r=2, hidden=8, zs_init="normal"),
-        num_labels=2, encoder=InstanceEncoder.load(enc_dir),
-    )
-    perturb(pm, 1)
-    pm.eval()
+    pm = tiny_lopa_classifier(root, perturb_seed=1)
     save_checkpoint(root / "ck", pm, task="sst2")
     out = root / "export"
     code, stdout = run_cli_quiet([

@@ -22,18 +22,10 @@ from server.processes import alive  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "local-steps": 2,
-    "batch-size": 8,
-    "pool-size": 120,
-    "max-test-examples": 8,
-}
-
-
-def test_deployment_two_supernodes_two_rounds(tmp_path):
+def test_deployment_two_supernodes_two_rounds(tmp_path, tiny_run_config):
     out = tmp_path / "dep"
     started: list[int] = []
-    cfg = dict(TINY, **{"num-server-rounds": 2, "min-nodes": 2, "round-timeout": 600.0})
+    cfg = tiny_run_config({"round-timeout": 600.0})
     t0 = time.time()
     res = deploy_local(cfg, out, nodes=2, timeout=1200, on_round=lambda rec, procs: started.extend(p.pid for _, p in procs.procs))
     wall = time.time() - t0
@@ -48,7 +40,7 @@ def test_deployment_two_supernodes_two_rounds(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_supernode_run_completes_with_survivor(tmp_path):
+def test_killed_supernode_run_completes_with_survivor(tmp_path, tiny_run_config):
     out = tmp_path / "dep-kill"
     killed: list[int] = []
 
@@ -58,7 +50,7 @@ def test_killed_supernode_run_completes_with_survivor(tmp_path):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    cfg = dict(TINY, **{"num-server-rounds": 3, "min-nodes": 1, "round-timeout": 90.0})
+    cfg = tiny_run_config({"num-server-rounds": 3, "min-nodes": 1, "round-timeout": 90.0})
     res = deploy_local(cfg, out, nodes=2, timeout=1500, on_round=on_round)
     assert killed
     assert res.returncode == 0 and res.completed, res.logs["flwr-run"].read_text()[-3000:]

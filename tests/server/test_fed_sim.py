@@ -22,25 +22,14 @@ from server.processes import alive  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-TINY = {
-    "num-server-rounds": 2,
-    "local-steps": 2,
-    "batch-size": 8,
-    "pool-size": 120,
-    "max-test-examples": 8,
-    "min-nodes": 2,
-    "round-timeout": 300.0,
-}
-
-
-def test_flwr_run_simulation_end_to_end(tmp_path):
+def test_flwr_run_simulation_end_to_end(tmp_path, tiny_run_config):
     out = tmp_path / "sim"
     started: list[int] = []
 
     def on_round(rec, procs):
         started.extend(p.pid for _, p in procs.procs)
 
-    cfg = dict(TINY, **{"audit-log": str(tmp_path / "audit.jsonl")})
+    cfg = tiny_run_config({"audit-log": str(tmp_path / "audit.jsonl")})
     res = simulate(cfg, out, num_clients=2, timeout=900, on_round=on_round)
     log = res.logs["flwr-run"].read_text()
     assert res.returncode == 0 and res.completed, log[-3000:]

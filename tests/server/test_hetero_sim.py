@@ -24,21 +24,11 @@ from server.launch import simulate  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~90 s of Flower startup: run with -m slow
 
 TIERS = "minilm:r=4:n=1,static:r=1:hidden=64:n=1"
-TINY = {
-    "num-server-rounds": 2,
-    "local-steps": 2,
-    "batch-size": 8,
-    "pool-size": 120,
-    "max-test-examples": 8,
-    "min-nodes": 2,
-    "round-timeout": 300.0,
-    "tiers": TIERS,
-}
 
 
-def test_two_tier_simulation(tmp_path):
+def test_two_tier_simulation(tmp_path, tiny_run_config):
     out = tmp_path / "sim"
-    res = simulate(dict(TINY), out, num_clients=2, timeout=900)
+    res = simulate(tiny_run_config({"tiers": TIERS}), out, num_clients=2, timeout=900)
     assert res.returncode == 0 and res.completed, res.logs["flwr-run"].read_text()[-3000:]
     rounds = json.loads((out / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == [1, 2]

@@ -34,8 +34,6 @@ from server.tls import (  # noqa: E402
     write_tls_connection,
 )
 
-TINY = {"local-steps": 2, "batch-size": 8, "pool-size": 120, "max-test-examples": 8}
-
 
 def _exit_code(proc: subprocess.Popen, timeout: float) -> int | None:
     deadline = time.time() + timeout
@@ -93,10 +91,10 @@ def test_credentials_and_refused_nodes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_tls_deployment_completes(tmp_path):
+def test_tls_deployment_completes(tmp_path, tiny_run_config):
     """Over TLS with registered node keys, and with SecAgg+ (its four stages on the deployment runtime)."""
     out = tmp_path / "tls"
-    cfg = dict(TINY, **{"num-server-rounds": 2, "min-nodes": 2, "round-timeout": 600.0, "secagg": True})
+    cfg = tiny_run_config({"round-timeout": 600.0, "secagg": True})
     res = deploy_local_tls(cfg, out, nodes=2, timeout=1200)
     assert res.returncode == 0 and res.completed, res.logs["flwr-run"].read_text()[-3000:]
     rounds = json.loads((out / "rounds.json").read_text())

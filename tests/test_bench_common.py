@@ -1,0 +1,37 @@
+"""Unit tests of bench/common.py's provenance bookkeeping for resumed and merged result files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import common  # noqa: E402
+
+
+def _old(command: str, earlier: list | None = None) -> dict:
+    meta = {"command": command, "commit": "abc", "dirty": False, "date": "2026-12-01T10:00:00+00:00",
+            "contention": None, "machine": {"nproc": 2}}
+    if earlier is not None:
+        meta["earlier_invocations"] = earlier
+    return {"meta": meta, "results": []}
+
+
+def test_resume_keeps_every_earlier_invocation() -> None:
+    meta: dict = {"command": "third"}
+    first = {"command": "first", "commit": "x", "dirty": True, "date": "d", "contention": "busy"}
+    common.record_source(meta, Path("out/quality-causal.json"), _old("second", [first]), "quality-causal")
+    assert [e["command"] for e in meta["earlier_invocations"]] == ["first", "second"]
+    assert set(meta["earlier_invocations"][1]) == set(common.PROVENANCE_KEYS)  # no machine dump
+    assert "merged_from" not in meta
+
+
+def test_merge_records_the_other_file() -> None:
+    meta: dict = {"command": "now"}
+    common.record_source(meta, Path("shard-b.json"), _old("shard"), "quality-causal")
+    common.record_source(meta, Path("shard-c.json"), _old("shard c"), "quality-causal")
+    assert [(e["file"], e["command"]) for e in meta["merged_from"]] == [("shard-b.json", "shard"),
+                                                                         ("shard-c.json", "shard c")]
+    assert "earlier_invocations" not in meta
