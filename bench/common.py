@@ -100,12 +100,20 @@ def metadata(seeds: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]
     }
 
 
-def contention_note(load_start: Sequence[float], load_end: Sequence[float]) -> str | None:
-    """A plain note when the 1-minute load average exceeded the core count during the run."""
+def contention_note(load_start: Sequence[float], load_end: Sequence[float], own: float | None = None) -> str | None:
+    """A plain note when jobs other than this benchmark loaded the cores during the run.
+
+    ``load_start`` is read before the benchmark works and ``load_end`` as it finishes, when
+    its own ``own`` busy threads or worker processes (default: torch's thread count, else 1)
+    are part of the 1-minute load average. The load of other jobs is taken as
+    ``max(start, end - own)``; the note is written when that exceeds 3/4 of the cores.
+    """
     n = os.cpu_count() or 1
-    peak = max([*(load_start[:1] or [0.0]), *(load_end[:1] or [0.0])])
-    if peak > n * 0.75:
-        return f"measured while other jobs shared the {n} cores (1-min load average up to {peak:.1f})"
+    own = float(own if own is not None else (_torch_threads() or 1))
+    start, end = (load_start[:1] or [0.0])[0], (load_end[:1] or [0.0])[0]
+    if max(start, end - own) > n * 0.75:
+        return (f"measured while other jobs shared the {n} cores (1-min load average {start:.1f} at the start, "
+                f"{end:.1f} at the end, about {own:g} of it this benchmark's own)")
     return None
 
 

@@ -37,6 +37,7 @@ runs only the others; ``--rows``/``--alphas``/``--seeds``/``--name`` shard a tab
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
             bar.advance(t)
     load1 = common.load_average()
     meta["machine"]["load_average_end"] = load1
-    meta["contention"] = common.contention_note(load0, load1)
+    meta["contention"] = common.contention_note(load0, load1, own=os.cpu_count())  # Ray workers
     data["gaps"] = gaps(results)
     common.write_json(name, data, out)
     print(render(data))

@@ -36,6 +36,7 @@ finished rows. Run it through the machine-wide lock::
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[hetero] {row}: {r['status']} in {time.time() - t0:.0f}s", flush=True)
     load1 = common.load_average()
     meta["machine"]["load_average_end"] = load1
-    meta["contention"] = common.contention_note(load0, load1)
+    meta["contention"] = common.contention_note(load0, load1, own=os.cpu_count())  # Ray workers
     data["verdict"] = verdict(data)
     common.write_json(name, data, out)
     print(render(data))

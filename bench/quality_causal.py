@@ -27,6 +27,9 @@ Protocol
   a held-out slice of train (``load_splits(...).val``); the remaining seeds run at the
   selected point. The grid is priority-ordered (:data:`PLAN`): runs are done in that order and
   written to the JSON as each finishes, so a cut-short run still has each method's first point.
+* ``--points-from JSON`` skips the grid: each method trains only at the (init, lr) it selected
+  in that result file (the ablations at LoPA's), on seed 0 and then the other seeds. This is how
+  the 250-step budget reuses the 125-step selection instead of paying for a second grid.
 * Reported: SST-2 dev accuracy (the full dev set), mean ± std over seeds at the selected point.
   Full dev is evaluated for every run that is the best so far of its (method, init) on seed 0,
   and for every other-seed run.
@@ -41,6 +44,9 @@ Protocol
 
     .venv/bin/python bench/quality.py --budget smoke --threads 1              # every causal path, tiny
     .venv/bin/python bench/quality.py --budget small --threads 1 --name quality-causal --resume --deadline 13:40
+    # 250 steps, no second grid: each method at the point the small budget selected, 3 seeds
+    .venv/bin/python bench/quality.py --budget medium --threads 2 --resume \
+        --points-from bench/results/quality-causal.json --methods zero-shot,pt,lopa,lora16
 """
 
 from __future__ import annotations
@@ -232,6 +238,26 @@ def best_of_init(runs: list[dict], task: str, method: str, init: str, seed0: int
     return max(cands, key=lambda r: r["val"]) if cands else None
 
 
+def fixed_points(path: str, methods: tuple[str, ...], seed0: int, error) -> dict[str, tuple[str, float]]:
+    """Each main method's selected (init, lr) in the result file at ``path`` (``--points-from``).
+
+    The ablations use LoPA's point. Methods with no seed-``seed0`` grid run there are left out
+    (they get no run); ``error``
+    (``ArgumentParser.error``) reports a missing or unreadable file in one line.
+    """
+    src = Path(path)
+    try:
+        old = json.loads(src.read_text())
+    except (OSError, ValueError) as exc:
+        error(f"--points-from {path}: cannot read a result file ({type(exc).__name__}: {exc})")
+    runs = old.get("runs", []) if isinstance(old, dict) else []
+    pts = {m: selected_point(runs, SELECT_TASK, m, seed0) for m in METHODS}
+    pts = {m: p for m, p in pts.items() if p is not None}
+    if not set(pts) & {*methods, *(("lopa",) if set(methods) & set(ABLATIONS) else ())}:
+        error(f"--points-from {path}: no selected point of {', '.join(methods)} on {SELECT_TASK} seed {seed0} there")
+    return pts
+
+
 def parse_deadline(s: str | None) -> dt.datetime | None:
     """``HH:MM`` (UTC, today) or an ISO timestamp; no new run starts after it."""
     if not s:
@@ -260,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dry-run", action="store_true", help="print the plan (what would run) and exit")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the summary, table and plot from the finished runs (with --resume/--merge); train nothing")
+    ap.add_argument("--points-from", default=None, metavar="JSON",
+                    help="skip the grid: train each method only at the (init, lr) it selected in this result file "
+                         "(for example the small budget's), then its other seeds")
     common.add_result_args(ap, "quality-causal-<budget>")
     args = ap.parse_args(argv)
 
@@ -290,8 +319,12 @@ def main(argv: list[str] | None = None) -> dict:
         prev.update({_key(r): r for r in old.get("runs", [])})
         common.record_source(meta, src, old, name)
     runs: list[dict] = list(prev.values())
+    fixed = fixed_points(args.points_from, methods, seeds[0], ap.error) if args.points_from else None
     protocol = {"budget": args.budget, **b, "seeds": list(seeds), "plan": [list(p) for p in PLAN],
                 "model": MODEL, "encoder": ENCODER, **PROTOCOL}
+    if fixed is not None:
+        protocol["points_from"] = {"file": Path(args.points_from).name,
+                                   "points": {m: [i, lr] for m, (i, lr) in fixed.items()}}
 
     def save(final: bool = False) -> dict:
         data = {"meta": meta, "protocol": protocol, "runs": runs}
@@ -305,31 +338,38 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Expand the plan into concrete (task, method, init, lr, seed, kind) steps lazily: "seeds" and
     # "ablation"/"transfer" entries depend on the selection made from finished runs.
+    def pick(m: str) -> tuple[str, float] | None:
+        """``m``'s point: fixed by ``--points-from``, else selected from the finished seed-0 grid runs."""
+        return fixed.get(m) if fixed is not None else selected_point(runs, SELECT_TASK, m, seeds[0])
+
     def expand(entry) -> list[tuple]:
         kind = entry[0]
         if kind == "grid":
             _, m, init, lr = entry
             if m not in methods or SELECT_TASK not in tasks:
                 return []
+            if fixed is not None:  # one point per method, at its first grid entry
+                first = next(p for p in PLAN if p[0] == "grid" and p[1] == m)
+                return [(SELECT_TASK, m, *fixed[m], seeds[0], True)] if entry == first and m in fixed else []
             if b["first_point_only"] and any(p[1] == m for p in PLAN[: PLAN.index(entry)] if p[0] == "grid"):
                 return []
             return [(SELECT_TASK, m, init, lr, seeds[0], True)]
         if kind == "seeds":
             m = entry[1]
-            sel = selected_point(runs, SELECT_TASK, m, seeds[0]) if m in methods else None
+            sel = pick(m) if m in methods else None
             if sel is None or m == "zero-shot":
                 return []
             return [(SELECT_TASK, m, sel[0], sel[1], s, False) for s in seeds[1:]]
         if kind == "ablation":
             a = entry[1]
-            sel = selected_point(runs, SELECT_TASK, "lopa", seeds[0])
+            sel = pick("lopa")
             if a not in methods or sel is None or SELECT_TASK not in tasks:
                 return []
             init = sel[0] if a != "lopa-instance" else "-"
             return [(SELECT_TASK, a, init, sel[1], seeds[0], True)]
         if kind == "transfer":
             m = entry[1]
-            sel = selected_point(runs, SELECT_TASK, m, seeds[0])
+            sel = pick(m)
             if m not in methods or sel is None:
                 return []
             return [(t, m, sel[0], sel[1], seeds[0], False) for t in tasks if t != SELECT_TASK]

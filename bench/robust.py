@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
             common.write_json(name, data, out)
             bar.advance(t)
     meta["machine"]["load_average_end"] = common.load_average()
-    meta["contention"] = common.contention_note(load0, meta["machine"]["load_average_end"])
+    meta["contention"] = common.contention_note(load0, meta["machine"]["load_average_end"],
+                                                own=os.cpu_count() if args.runtime == "simulation" else None)
     data["summary"] = dp_summary(results) if args.dp else summary(results)
     common.write_json(name, data, out)
     print(render_dp(data) if args.dp else render(data))

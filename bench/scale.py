@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     data["largest_ok"] = max(ok) if ok else None
     load1 = common.load_average()
     meta["machine"]["load_average_end"] = load1
-    meta["contention"] = common.contention_note(load0, load1)
+    meta["contention"] = common.contention_note(load0, load1, own=os.cpu_count())  # Ray workers
     common.write_json(args.name, data, Path(args.out_dir))
     rows = [(r["clients"], r["status"], common.human_bytes(r.get("peak_rss_bytes") or 0),
              common.human_bytes(r.get("peak_pss_bytes") or 0), r.get("max_processes"),

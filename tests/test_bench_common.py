@@ -35,3 +35,14 @@ def test_merge_records_the_other_file() -> None:
     assert [(e["file"], e["command"]) for e in meta["merged_from"]] == [("shard-b.json", "shard"),
                                                                          ("shard-c.json", "shard c")]
     assert "earlier_invocations" not in meta
+
+
+def test_contention_note_does_not_count_the_benchmarks_own_load(monkeypatch) -> None:
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    # idle at the start, 2.1 at the end from its own 2 Ray workers: no other job
+    assert common.contention_note([0.4], [2.1], own=2) is None
+    # the same end load from a 1-thread benchmark means another job ran beside it
+    note = common.contention_note([0.4], [2.9], own=1)
+    assert note is not None and "2.9 at the end" in note and "about 1 of it this benchmark's own" in note
+    # a busy machine at the start is contention whatever the benchmark did
+    assert common.contention_note([3.0], [0.1], own=2) is not None

@@ -1,0 +1,55 @@
+"""The plan of ``bench/quality.py`` (causal setting) with ``--points-from``: a dry run, no model loaded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import quality_causal  # noqa: E402
+
+
+def _run(method: str, init: str, lr: float, val: float, seed: int = 0, grid: bool = True) -> dict:
+    return {"task": "sst2", "method": method, "init": init, "lr": lr, "seed": seed, "grid": grid, "val": val}
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    f = tmp_path / "quality-causal.json"
+    runs = [_run("pt", "vocab", 3e-3, 0.80), _run("pt", "vocab", 1e-2, 0.84), _run("pt", "normal", 3e-3, 0.70),
+            _run("pt", "vocab", 3e-3, 0.99, seed=1, grid=False),  # another seed never selects
+            _run("lopa", "vocab", 3e-3, 0.81)]
+    f.write_text(json.dumps({"meta": {}, "runs": runs}))
+    return f
+
+
+def test_points_from_trains_only_each_methods_selected_point(small: Path, tmp_path: Path, capsys) -> None:
+    quality_causal.main(["--budget", "medium", "--points-from", str(small), "--methods", "pt,lopa,lopa-r1",
+                         "--out-dir", str(tmp_path / "out"), "--dry-run"])
+    plan = capsys.readouterr().out.split("\n")
+    assert [line for line in plan if line] == [
+        "to do sst2 pt vocab 0.01 0 True", "to do sst2 lopa vocab 0.003 0 True",
+        "to do sst2 pt vocab 0.01 1 False", "to do sst2 pt vocab 0.01 2 False",
+        "to do sst2 lopa vocab 0.003 1 False", "to do sst2 lopa vocab 0.003 2 False",
+        "to do sst2 lopa-r1 vocab 0.003 0 True",  # ablations at LoPA's point
+    ]
+
+
+def test_points_from_without_the_method_is_a_one_line_error(small: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        quality_causal.main(["--budget", "medium", "--points-from", str(small), "--methods", "idpg",
+                             "--out-dir", str(tmp_path), "--dry-run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"--points-from {small}: no selected point of idpg on sst2 seed 0 there")
+
+
+def test_points_from_a_missing_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        quality_causal.main(["--points-from", str(tmp_path / "none.json"), "--dry-run", "--out-dir", str(tmp_path)])
+    assert "--points-from" in capsys.readouterr().err.splitlines()[-1]
