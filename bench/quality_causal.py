@@ -607,6 +607,11 @@ def render(data: dict) -> str:
     return "\n".join(lines)
 
 
+#: One colour per method in every panel; line style by Zs init (train-loss panel).
+COLOR = {"zero-shot": "k", "pt": "C0", "idpg": "C1", "lopa": "C2", "lora16": "C3", "lora8": "C4"}
+INIT_STYLE = {"vocab": "-", "-": "-", "normal": "--", "scaled": ":"}
+
+
 def plot(data: dict, out: Path, name: str) -> None:
     s = data["summary"]
     ms = s["main"].get(SELECT_TASK, {})
@@ -614,7 +619,7 @@ def plot(data: dict, out: Path, name: str) -> None:
         return
     plt = common.plt()
     runs = data["runs"]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.4))
     ax = axes[0]
     for m in [m for m in METHODS if m in ms]:
         x = ms[m]
@@ -622,19 +627,19 @@ def plot(data: dict, out: Path, name: str) -> None:
         if m == "zero-shot":
             ax.axhline(c[0][1], color="k", ls=":", label=LABEL[m])
             continue
-        line, = ax.plot([q[0] for q in c], [q[1] for q in c], marker="o", ms=3,
-                        label=f"{LABEL.get(m, m)} ({x['init']}, lr {x['lr']:g}, n={x['n']})")
+        ax.plot([q[0] for q in c], [q[1] for q in c], marker="o", ms=3, color=COLOR[m],
+                label=f"{LABEL.get(m, m)} ({x['init']}, lr {x['lr']:g}, n={x['n']})")
         ax.fill_between([q[0] for q in c], [q[1] - q[2] for q in c], [q[1] + q[2] for q in c],
-                        color=line.get_color(), alpha=0.15)
+                        color=COLOR[m], alpha=0.15)
     for m in ("pt", "lopa"):
         for r in runs:  # the paper's N(0, 1) runs, dashed
             if r["method"] == m and r["init"] == "normal" and r["task"] == SELECT_TASK and r.get("curve"):
                 ax.plot([c["step"] for c in r["curve"]], [100 * c["acc"] for c in r["curve"]], ls="--", lw=1,
-                        label=f"{LABEL[m]} N(0,1), lr {r['lr']:g}, seed {r['seed']}")
+                        color=COLOR[m], label=f"{LABEL[m]} N(0,1), lr {r['lr']:g}, seed {r['seed']}")
     ax.set_xlabel(f"optimiser step (batch {data['protocol']['batch']})")
     ax.set_ylabel(f"accuracy % on dev[:{data['protocol']['curve_n']}]")
     ax.set_title("SST-2, SmolLM2-135M causal verbalizer: learning curves")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     ax = axes[1]  # train loss, 10-step moving average, every seed-0 run
     for r in runs:
         ls = r.get("losses") or []
@@ -642,17 +647,20 @@ def plot(data: dict, out: Path, name: str) -> None:
             continue
         w = min(10, len(ls))
         ma = [sum(ls[i - w + 1:i + 1]) / w for i in range(w - 1, len(ls))]
-        ax.plot(range(w, len(ls) + 1), ma, lw=1, ls="--" if r["init"] in ("normal", "scaled") else "-",
+        sel = ms.get(r["method"], {})  # runs off the method's selected point: fainter
+        off = (sel.get("init"), sel.get("lr")) != (r["init"], r["lr"])
+        ax.plot(range(w, len(ls) + 1), ma, lw=1, ls=INIT_STYLE.get(r["init"], "-"),
+                color=COLOR.get(r["method"], "grey"), alpha=0.45 if off else 1.0,
                 label=f"{LABEL.get(r['method'], r['method']).split(' (')[0]} {r['init']} lr {r['lr']:g}")
     ax.axhline(0.6931, color="k", ls=":", lw=1, label="ln 2 (guessing)")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("train loss (10-step moving average)")
-    ax.set_title("train loss, seed 0 (dashed: N(0, σ²) inits)")
-    ax.legend(fontsize=6)
+    ax.set_title("train loss, seed 0 (dashed: N(0, 1), dotted: N(0, σ²); faint: not selected)")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     ax = axes[2]
     for m, x in ms.items():
         tp = max(x["trainable_params"], 1)
-        ax.errorbar(tp, x["mean"], yerr=x["std"], marker="o", capsize=3)
+        ax.errorbar(tp, x["mean"], yerr=x["std"], marker="o", capsize=3, color=COLOR.get(m, "grey"))
         ax.annotate(LABEL.get(m, m).split(" (")[0], (tp, x["mean"]), fontsize=8, xytext=(4, 4),
                     textcoords="offset points")
     for xs in s.get("ablation", {}).values():
