@@ -316,15 +316,21 @@ def plot(data: dict, out: Path, name: str) -> None:
     plt = common.plt()
     alphas = sorted(dict.fromkeys(r["alpha"] for r in data["results"]), reverse=True)
     fig, axes = plt.subplots(1, len(alphas), figsize=(6 * len(alphas), 4), squeeze=False)
+    seeds = sorted({r.get("seed", 0) for r in data["results"]})
+    color = {row: f"C{i}" for i, row in enumerate(ROWS)}  # one colour per row; later seeds dashed, fainter
     for ax, a in zip(axes[0], alphas):
         for r in data["results"]:
             if r["alpha"] != a or r["status"] != "ok":
                 continue
             ys = [100 * x for x in r["per_round_acc"]]
+            later = seeds.index(r.get("seed", 0)) > 0
+            label = f"{r['row']} s{r.get('seed', '')}"
             if r["federate"] in ("central", "majority"):
-                ax.axhline(ys[-1], ls="--" if r["federate"] == "central" else ":", color="k", label=f"{r['row']} s{r.get('seed', '')}")
+                ax.axhline(ys[-1], ls="--" if r["federate"] == "central" else ":", color=color.get(r["row"], "k"),
+                           alpha=0.5 if later else 1.0, label=label)
             else:
-                ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"{r['row']} s{r.get('seed', '')}")
+                ax.plot(range(1, len(ys) + 1), ys, marker="s" if later else "o", ls="--" if later else "-",
+                        alpha=0.6 if later else 1.0, color=color.get(r["row"]), label=label)
         ax.set_xlabel("round")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("personalised accuracy % (mean over clients)")

@@ -90,6 +90,7 @@ PLAN: tuple[tuple, ...] = (
     ("grid", "lora8", "-", 1e-3),
     ("grid", "pt", "scaled", 3e-3),  # N(0, σ²) at the embeddings' element std
     ("grid", "lopa", "scaled", 3e-3),
+    ("grid", "idpg", "-", 1e-2),  # IDPG at 3e-3 was still at chance at step 25 and climbing at 125
     ("grid", "idpg", "-", 1e-3),
     ("grid", "lora16", "-", 3e-4),
     ("seeds", "pt"), ("seeds", "lopa"), ("seeds", "lora16"),  # again, in case a later point won
