@@ -183,6 +183,7 @@ def run_one(method: str, init: str, lr: float, seed: int, task, splits, b: dict,
         curve.append({"step": step, "acc": e["accuracy"], "score": e["score"], "loss": e["loss"]})
 
     point(0)
+    stats0 = prompt_stats(net, splits.curve)
     rec = {"method": method, "task": task.name, "init": init, "lr": lr, "seed": seed,
            "zs_init": getattr(cfg, "zs_init", None) if method in HAS_ZS else None,
            "zs_init_std": cfg.zs_init_std if method in HAS_ZS and init != "vocab" else None,
@@ -205,8 +206,39 @@ def run_one(method: str, init: str, lr: float, seed: int, task, splits, b: dict,
     val = evaluate(net, splits.val, batch_size=32)
     rec.update(val=val["score"], val_loss=val["loss"], curve=curve, curve_examples=len(splits.curve))
     rec.update(dev=None, dev_metrics=None)
+    if stats0 is not None:
+        rec["prompt_stats"] = {"start": stats0, "end": prompt_stats(net, splits.curve)}
     rec["seconds"] = time.perf_counter() - t0
     return rec, net
+
+
+def prompt_stats(net, ds) -> dict | None:
+    """How large the prompt is and how much it varies between examples, on ``ds`` (eval mode, no grad).
+
+    ``z_row_norm``: mean L2 norm of a prompt row ``Z[b, t]`` (SmolLM2's token embeddings: 3.2);
+    ``z_between_std``: std over examples of each element of Z, averaged over (t, d) (0 for PT:
+    the instance part's effect); for a gated LoPA also ``gate_mean`` and ``gate_between_std``,
+    the same two of σ(Z_I). ``None`` for methods without a prompt.
+    """
+    import torch
+
+    from lopa_fed.prompts.lopa import LoPA
+
+    gen = getattr(net, "prompt", None)
+    if gen is None:
+        return None
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        texts = [it.enc_text for it in ds.items]
+        z = net.prompts(texts, len(texts))  # B×m×d
+        out = {"z_row_norm": float(z.norm(dim=-1).mean()), "z_between_std": float(z.std(dim=0).mean())}
+        if isinstance(gen, LoPA) and type(gen).combine is LoPA.combine:  # the paper's gate
+            e = net.encoder.encode(texts)
+            g = torch.sigmoid(gen.instance_part(e))  # B×m×d
+            out.update(gate_mean=float(g.mean()), gate_between_std=float(g.std(dim=0).mean()))
+    net.train(was)
+    return out
 
 
 def dev_eval(net, splits, rec: dict) -> None:

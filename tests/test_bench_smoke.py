@@ -74,6 +74,12 @@ def test_bench_script_runs(case: str, tmp_path: Path) -> None:
         assert ("pt", "vocab") in runs and ("lopa", "vocab") in runs
         for r in data["runs"]:
             assert r["curve"] and r["curve"][0]["step"] == 0, r["method"]
+            if r["method"] in ("pt", "lopa", "idpg"):  # how large the prompt is, and how much x moves it
+                st = r["prompt_stats"]
+                assert st["start"]["z_row_norm"] > 0 and st["end"]["z_between_std"] >= 0, st
+                assert ("gate_between_std" in st["end"]) == (r["method"] == "lopa"), st
+                if r["method"] == "pt":
+                    assert st["end"]["z_between_std"] == 0.0  # one prompt for every input
             if r["method"] != "zero-shot":
                 assert r["curve"][-1]["step"] == r["steps"] > 0, r["method"]
         # resuming skips every finished run
