@@ -64,7 +64,7 @@ LR_CAUSAL = {"lopa": 3e-3, "pt": 3e-3, "lora": 1e-3}
 CAUSAL_ROWS = ("local majority class", "centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT",
                "fed LoRA r=16")
 #: rows run with every seed in --seeds; the others with the first seed only (issue 10: 2 seeds for LoPA and PT)
-MULTI_SEED_ROWS = ("centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT")
+MULTI_SEED_ROWS = ("local majority class", "centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT")  # the first: seconds
 CAUSAL_BUDGETS = {
     "smoke": dict(clients=2, rounds=1, local_steps=1, batch=4, pool=40, max_test=4, alphas=(0.5,),
                   rows=("centralized LoPA", "fed LoPA zs", "fed PT", "fed LoRA r=16")),
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     # the setup describes every kept row, not only this invocation's share
     kept_alphas = sorted({*alphas, *(r["alpha"] for r in results)}, reverse=True)
     kept_seeds = [*seeds, *sorted({r["seed"] for r in results} - set(seeds))]
-    data = {"meta": meta, "setup": {**b, "rows": rows, "alphas": kept_alphas, "seeds": kept_seeds, "task": "sst2",
+    kept_rows = [row for row in ROWS if row in rows or any(r["row"] == row for r in results)]
+    data = {"meta": meta, "setup": {**b, "rows": kept_rows, "alphas": kept_alphas, "seeds": kept_seeds, "task": "sst2",
                                     "partitioner": "inner-dirichlet", "model": model, "m": 10, "r": 4,
                                     "zs_init": "vocab" if causal else "normal", "cpus_per_client": 1.0},
             "results": results}
