@@ -291,15 +291,25 @@ def fixed_points(path: str, methods: tuple[str, ...], seed0: int, error) -> dict
     return pts
 
 
-def parse_deadline(s: str | None) -> dt.datetime | None:
-    """``HH:MM`` (UTC, today) or an ISO timestamp; no new run starts after it."""
+def parse_deadline(s: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
+    """``HH:MM`` (UTC: the next such time, so ``00:15`` given at 22:57 means after midnight) or an ISO timestamp.
+
+    No new run starts that would not finish by it. Raises ``ValueError`` with a one-line message.
+    """
     if not s:
         return None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.timezone.utc)
     if len(s) <= 5 and ":" in s:
-        h, m = (int(x) for x in s.split(":"))
-        return now.replace(hour=h, minute=m, second=0, microsecond=0)
-    d = dt.datetime.fromisoformat(s)
+        try:
+            h, m = (int(x) for x in s.split(":"))
+            t = now.replace(hour=h, minute=m, second=0, microsecond=0)
+        except ValueError:
+            raise ValueError(f"--deadline {s!r}: expected HH:MM (UTC, 00:00-23:59) or an ISO timestamp") from None
+        return t if t > now else t + dt.timedelta(days=1)
+    try:
+        d = dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ValueError(f"--deadline {s!r}: expected HH:MM (UTC, 00:00-23:59) or an ISO timestamp") from None
     return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
 
 
@@ -312,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="comma-separated subset of " + ",".join((*METHODS, *ABLATIONS)) + " (default: all)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: the budget's; the first selects)")
     ap.add_argument("--deadline", default=None,
-                    help="HH:MM UTC (or ISO time): start no run that would not finish by then (estimated from the "
+                    help="HH:MM UTC, the next such time (or an ISO time): start no run that would not finish by then (estimated from the "
                          "median duration of finished runs)")
     ap.add_argument("--max-runs", type=int, default=0,
                     help="train at most this many runs, then stop (0: no limit); with --resume, to share the machine")
@@ -338,7 +348,10 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = tuple(args.tasks.split(",")) if args.tasks else b["tasks"]
     methods = tuple(args.methods.split(",")) if args.methods else (*METHODS, *ABLATIONS)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(b["seeds"])
-    deadline = parse_deadline(args.deadline)
+    try:
+        deadline = parse_deadline(args.deadline)
+    except ValueError as e:
+        ap.error(str(e))
     load0 = common.load_average()
     meta = common.metadata(seeds=seeds)
     prev: dict[tuple, dict] = {}

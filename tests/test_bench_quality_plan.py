@@ -53,3 +53,22 @@ def test_points_from_a_missing_file_is_a_one_line_error(tmp_path: Path, capsys) 
     with pytest.raises(SystemExit):
         quality_causal.main(["--points-from", str(tmp_path / "none.json"), "--dry-run", "--out-dir", str(tmp_path)])
     assert "--points-from" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_deadline_hhmm_is_the_next_such_time_even_after_midnight() -> None:
+    import datetime as dt
+
+    now = dt.datetime(2026, 12, 1, 22, 57, tzinfo=dt.timezone.utc)
+    assert quality_causal.parse_deadline("23:30", now) == now.replace(hour=23, minute=30)
+    assert quality_causal.parse_deadline("00:15", now) == dt.datetime(2026, 12, 2, 0, 15, tzinfo=dt.timezone.utc)
+    assert quality_causal.parse_deadline("2026-12-02T01:00", now) == dt.datetime(2026, 12, 2, 1, 0,
+                                                                                tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("bad", ["25:00", "ab:cd", "tomorrow"])
+def test_bad_deadline_is_a_one_line_error(bad: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        quality_causal.main(["--budget", "smoke", "--deadline", bad, "--out-dir", str(tmp_path), "--dry-run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--deadline '{bad}': expected HH:MM" in err
