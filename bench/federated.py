@@ -63,8 +63,9 @@ LR = {"lopa": 3e-3, "pt": 1e-2, "lora": 1e-3}  # the small-budget choices of ben
 LR_CAUSAL = {"lopa": 3e-3, "pt": 3e-3, "lora": 1e-3}
 CAUSAL_ROWS = ("local majority class", "centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT",
                "fed LoRA r=16")
-#: rows run with every seed in --seeds; the others with the first seed only (issue 10: 2 seeds for LoPA and PT)
-MULTI_SEED_ROWS = ("local majority class", "centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT")  # the first: seconds
+#: rows run with every seed in --seeds; the others with the first seed only (issue 10: 2 seeds for LoPA and PT;
+#: the majority-class row takes seconds)
+MULTI_SEED_ROWS = ("local majority class", "centralized LoPA", "fed LoPA zs", "local-only LoPA", "fed PT")
 CAUSAL_BUDGETS = {
     "smoke": dict(clients=2, rounds=1, local_steps=1, batch=4, pool=40, max_test=4, alphas=(0.5,),
                   rows=("centralized LoPA", "fed LoPA zs", "fed PT", "fed LoRA r=16")),

@@ -102,7 +102,7 @@ class FedSettings:
     server: ServerConfig
     paths: PathsConfig
     attack: AttackConfig
-    task: str = field(default="sst2", metadata={"help": "GLUE task (sst2, rte, mrpc, cola) or code task"})
+    task: str = field(default="sst2", metadata={"help": "GLUE task (sst2, sst2-sentences, rte, mrpc, cola) or code task"})
     model: str = field(default="default", metadata={"help": "frozen model (default: the task's)"})
     encoder: str = field(default="default", metadata={"help": "instance encoder or tier (minilm, minilm-l<k>, static; default: MiniLM)"})
     federate: str = field(default="zs", metadata={"help": f"what is sent: {', '.join(FEDERATE_MODES)}"})

@@ -72,6 +72,8 @@ class _Format:
     hub_a: str = "sentence"
     hub_b: str | None = None
     hub_labels: tuple[str, ...] = ()  # raw label name for each HF integer label
+    label_first: bool = False  # "<label> <text>" lines, split at the first space (the stsa.binary files)
+    hub_dataset: str = ""  # hub repository when not GLUE's (config None)
 
 
 _FORMATS: dict[str, _Format] = {
@@ -87,6 +89,11 @@ _FORMATS: dict[str, _Format] = {
     ),
     "mrpc": _Format(
         True, "#1 String", "#2 String", "Quality", hub_a="sentence1", hub_b="sentence2", hub_labels=("0", "1")
+    ),
+    # Sentence-level SST-2 (Kim 2014 split of the treebank's whole sentences): "<label> <sentence>" lines.
+    "sst2-sentences": _Format(
+        False, 1, None, 0, ncols=2, col_names=("label", "sentence"), label_first=True,
+        hub_dataset="SetFit/sst2", hub_a="text", hub_labels=("0", "1"),
     ),
     "cola": _Format(
         False,
@@ -196,7 +203,7 @@ def parse_file(
     label_index = {name: i for i, name in enumerate(label_names)}
     out: list[Example] = []
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = _LabelFirst(f) if fmt.label_first else csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         if fmt.has_header:
             header = next(reader, None)
             if header is None:
@@ -218,7 +225,11 @@ def parse_file(
             ncols, col_names = fmt.ncols, fmt.col_names
             ia, il = int(fmt.a_col), int(fmt.label_col)
             ib = int(fmt.b_col) if fmt.b_col is not None else None
-        expect_cols = f"{ncols} tab-separated columns ({', '.join(col_names)})"
+        expect_cols = (
+            "'<label> <sentence>' (a label, a space, the text)"
+            if fmt.label_first
+            else f"{ncols} tab-separated columns ({', '.join(col_names)})"
+        )
         for row in reader:
             if not row:  # blank line
                 continue
@@ -244,6 +255,33 @@ def parse_file(
     return tuple(out)
 
 
+#: Penn Treebank bracket escapes in the stsa.binary files; GLUE's SST-2 files write the brackets themselves.
+_PTB_BRACKETS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}"}
+
+
+class _LabelFirst:
+    """Rows ``[label, text]`` of ``"<label> <text>"`` lines, with ``line_num`` like :func:`csv.reader`.
+
+    PTB escapes (``-lrb-`` ..., ``\\/``, ``\\*``) are undone, as in GLUE's SST-2 files.
+    """
+
+    def __init__(self, f) -> None:
+        self._f, self.line_num = f, 0
+
+    def __iter__(self):
+        for line in self._f:
+            self.line_num += 1
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                yield []
+                continue
+            row = line.split(" ", 1)
+            if len(row) == 2:
+                text = row[1].replace("\\/", "/").replace("\\*", "*")
+                row[1] = " ".join(_PTB_BRACKETS.get(w, w) for w in text.split(" "))
+            yield row
+
+
 @functools.lru_cache(maxsize=16)
 def load_hub(task_name: str, split: str, hub_config: str, label_names: tuple[str, ...]) -> tuple[Example, ...]:
     """Load a split from the Hugging Face ``glue`` dataset (lazy import, cached)."""
@@ -259,10 +297,11 @@ def load_hub(task_name: str, split: str, hub_config: str, label_names: tuple[str
             f"pass --data-dir or set {DATA_DIR_ENV}"
         ) from exc
     try:
-        ds = datasets.load_dataset(_HUB_DATASET, hub_config, split=hub_split)
+        repo, config = (fmt.hub_dataset, None) if fmt.hub_dataset else (_HUB_DATASET, hub_config)
+        ds = datasets.load_dataset(repo, config, split=hub_split)
     except Exception as exc:  # network / hub errors: give one actionable message
         raise DataError(
-            f"no local data for task {task_name!r} and loading {_HUB_DATASET}/{hub_config} "
+            f"no local data for task {task_name!r} and loading {fmt.hub_dataset or _HUB_DATASET}/{hub_config} "
             f"[{hub_split}] from the hub failed ({exc}); pass --data-dir or set {DATA_DIR_ENV}"
         ) from exc
     label_index = {name: i for i, name in enumerate(label_names)}

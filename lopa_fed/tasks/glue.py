@@ -54,7 +54,8 @@ class GlueTask:
     Attributes
     ----------
     name : str
-        Registry key: ``"sst2"``, ``"rte"``, ``"mrpc"``, ``"cola"``, ``"qnli"``, ``"mnli"``, ``"qqp"``.
+        Registry key: ``"sst2"``, ``"sst2-sentences"``, ``"rte"``, ``"mrpc"``, ``"cola"``, ``"qnli"``, ``"mnli"``,
+        ``"qqp"``.
     glue_dir : str
         Directory name under the data dir, e.g. ``"SST-2"``.
     label_names : tuple of str
@@ -70,6 +71,8 @@ class GlueTask:
         File stem read for the ``"dev"`` split (``"dev_matched"`` for MNLI).
     hub_config : str
         Config name of the Hugging Face ``glue`` dataset.
+    file_pattern : str
+        File name under :attr:`glue_dir`, with ``{split}`` the file stem (``"train"`` or :attr:`dev_split`).
     """
 
     name: str
@@ -80,6 +83,7 @@ class GlueTask:
     metric: str
     dev_split: str = "dev"
     hub_config: str = ""
+    file_pattern: str = "{split}.tsv"
 
     @property
     def defaults(self) -> TaskDefaults:
@@ -111,7 +115,7 @@ class GlueTask:
             E.g. ``"dev_matched.tsv"`` for MNLI dev.
         """
         split = check_split(split)
-        return f"{self.dev_split if split == 'dev' else 'train'}.tsv"
+        return self.file_pattern.format(split=self.dev_split if split == "dev" else "train")
 
     def read(
         self,
@@ -301,6 +305,18 @@ GLUE_TASKS: dict[str, GlueTask] = {
             "{a} . It was {mask} .",
             "accuracy",
             hub_config="sst2",
+        ),
+        # SST-2's whole sentences only (stsa.binary.*, 6,920 train rows): GLUE's SST-2 train is mostly phrases
+        # of those sentences (67k rows, 9 words on average), while its dev (the same 872 rows) is whole sentences.
+        GlueTask(
+            "sst2-sentences",
+            "SST-2",
+            ("0", "1"),
+            ("terrible", "great"),
+            "{a} . It was {mask} .",
+            "accuracy",
+            hub_config="sst2-sentences",
+            file_pattern="stsa.binary.{split}",
         ),
         GlueTask(
             "rte",

@@ -52,6 +52,8 @@ def data_dir() -> Path:
     [
         ("sst2", "dev", 872, [428, 444]),
         ("sst2", "train", 67349, [29780, 37569]),
+        ("sst2-sentences", "train", 6920, [3310, 3610]),
+        ("sst2-sentences", "dev", 872, [428, 444]),
         ("rte", "train", 2490, [1249, 1241]),
         ("rte", "dev", 277, [146, 131]),
         ("mrpc", "train", 3668, [1194, 2474]),
@@ -69,6 +71,29 @@ def test_real_counts(data_dir, task, split, rows, counts):
     assert all((ex.text_b is not None) == t.is_pair for ex in exs)
     assert exs[17].uid == f"{task}/{split}/17"
     assert len({ex.uid for ex in exs}) == rows
+
+
+def test_sentence_level_sst2_is_glue_text_and_glue_dev(data_dir):
+    """stsa.binary.* undo their PTB escapes, so the dev rows are GLUE's SST-2 dev rows exactly."""
+    dev = get_task("sst2-sentences").read("dev", data_dir)
+    glue = get_task("sst2").read("dev", data_dir)
+    assert sorted((e.text_a, e.label) for e in dev) == sorted((e.text_a, e.label) for e in glue)
+    train = get_task("sst2-sentences").read("train", data_dir)
+    assert not any("-lrb-" in e.text_a or "\\/" in e.text_a for e in train)
+    assert get_task("SST-2") is GLUE_TASKS["sst2"]  # the shared folder name still means GLUE's SST-2
+
+
+def test_sentence_level_sst2_bad_line(tmp_path):
+    _write(tmp_path / "SST-2" / "stsa.binary.train", "1 a fine -lrb- if long -rrb- film\n\n0 dull\nnolabel\n")
+    with pytest.raises(DataError) as ei:
+        get_task("sst2-sentences").read("train", tmp_path)
+    assert "stsa.binary.train line 4: expected '<label> <sentence>'" in str(ei.value)
+    _write(tmp_path / "SST-2" / "stsa.binary.train", "1 a fine -lrb- if long -rrb- film\n\n2 dull\n")
+    with pytest.raises(DataError, match=r"stsa\.binary\.train line 3: expected label in \{0, 1\}, got '2'"):
+        get_task("sst2-sentences").read("train", tmp_path)
+    _write(tmp_path / "SST-2" / "stsa.binary.train", "1 a fine -lrb- if long -rrb- film\n\n0 dull\n")
+    assert [(e.text_a, e.label) for e in get_task("sst2-sentences").read("train", tmp_path)] == [
+        ("a fine ( if long ) film", 1), ("dull", 0)]
 
 
 def test_rte_label_order(data_dir):
@@ -151,7 +176,7 @@ def test_cloze_braces_in_text():
 
 
 def test_registry():
-    assert set(GLUE_TASKS) == {"sst2", "rte", "mrpc", "cola", "qnli", "mnli", "qqp"}
+    assert set(GLUE_TASKS) == {"sst2", "sst2-sentences", "rte", "mrpc", "cola", "qnli", "mnli", "qqp"}
     for t in GLUE_TASKS.values():
         assert len(t.label_words) == len(t.label_names) == t.num_labels
         assert "{a}" in t.template and "{mask}" in t.template
@@ -319,6 +344,25 @@ def test_hub_fallback_converts_labels(tmp_path, monkeypatch):
     assert calls and calls[0][1:] == ("mnli", "validation_matched")
     assert [t.label_names[e.label] for e in exs] == ["entailment", "contradiction"]
     assert exs[1] == Example("p1", "h1", 0, "mnli/dev/1")
+
+
+def test_hub_fallback_sentence_level_sst2(tmp_path, monkeypatch):
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return [{"text": "a good film", "label": 1, "label_text": "positive"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    monkeypatch.setattr(F, "default_candidates", lambda: [tmp_path / "none"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    F.load_hub.cache_clear()
+    try:
+        exs = get_task("sst2-sentences").read("train")
+    finally:
+        F.load_hub.cache_clear()
+    assert calls == [("SetFit/sst2", None, "train")]
+    assert exs == [Example("a good film", None, 1, "sst2-sentences/train/0")]
 
 
 # -------------------------------------------------------------- split and counts
