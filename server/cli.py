@@ -62,7 +62,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--task",
-        help="GLUE task: sst2, rte, mrpc, cola; or code task: cruxeval-o, cruxeval-i, mbpp (default: sst2)",
+        help="GLUE task: sst2, sst2-sentences, rte, mrpc, cola; or code task: cruxeval-o, cruxeval-i, mbpp (default: sst2)",
     )
     p.add_argument("--method", help="prompt method (default: lopa)")
     p.add_argument(
