@@ -103,6 +103,8 @@ PLAN: tuple[tuple, ...] = (
     ("grid", "idpg", "-", 1e-2),  # IDPG at 3e-3 was still at chance at step 25 and climbing at 125
     ("grid", "idpg", "-", 1e-3),
     ("grid", "lora16", "-", 3e-4),
+    # the grid's upper edge: PT and IDPG selected their highest lr (1e-2), LoPA never tried 1e-2
+    ("grid", "lopa", "scaled", 1e-2), ("grid", "idpg", "-", 3e-2), ("grid", "pt", "vocab", 3e-2),
     ("seeds", "pt"), ("seeds", "lopa"), ("seeds", "lora16"),  # again, in case a later point won
     ("seeds", "idpg"), ("seeds", "lora8"),
     *(("ablation", a) for a in ABLATIONS),
