@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
 # --------------------------------------------------------------------------------------- summary
 def summarise(runs: list[dict], seed0: int = 0) -> dict:
     """Main rows (selected point per method, over seeds), the init ablation, the grid and the curves."""
-    out: dict = {"main": {}, "init": {}, "grid": [], "ablation": {}, "transfer": {}}
+    out: dict = {"main": {}, "init": {}, "grid": [], "ablation": {}, "transfer": {}, "val_dev_gap": val_dev_gap(runs)}
     tasks = sorted({r["task"] for r in runs})
     for t in tasks:
         for m in dict.fromkeys(r["method"] for r in runs if r["task"] == t):
@@ -573,6 +573,19 @@ def summarise(runs: list[dict], seed0: int = 0) -> dict:
                                                       "steps", "trainable_params")}
                                | {"curve_last": r["curve"][-1]["acc"] if r.get("curve") else None})
     return out
+
+
+def val_dev_gap(runs: list[dict]) -> dict[str, dict]:
+    """Per SST-2 method: val − dev accuracy in points over every run with a dev score (any init, lr, seed).
+
+    Val is a held-out slice of GLUE's SST-2 train (mostly phrases), dev is whole sentences; a gap that one
+    kind of method shows and another does not is a shift between the two, not noise in one run.
+    """
+    gaps: dict[str, list[float]] = {}
+    for r in runs:
+        if r["task"] == SELECT_TASK and r.get("dev") is not None and r["method"] != "zero-shot":
+            gaps.setdefault(r["method"], []).append(100 * (r["val"] - r["dev"]))
+    return {m: dict(zip(("mean", "std"), common.mean_std(g))) | {"n": len(g)} for m, g in gaps.items()}
 
 
 def _mean_curve(rs: list[dict]) -> list[list[float]]:
@@ -659,6 +672,11 @@ def render(data: dict) -> str:
                  f"{x['mean']:.1f}") for m, x in xs.items()]
         lines.append(f"\n{t.upper()} dev (seed 0 at the SST-2-selected point; val: {t}'s own held-out train slice):")
         lines.append(common.markdown_table(["method", "init", "lr", "val", "dev"], rows))
+    if s.get("val_dev_gap"):
+        rows = [(LABEL.get(m, m), _pm(x["mean"], x["std"], x["n"]), x["n"]) for m, x in s["val_dev_gap"].items()]
+        lines.append("\nVal (held-out SST-2 train: mostly phrases) minus dev (whole sentences), points, over every "
+                     "SST-2 run with a dev score:")
+        lines.append(common.markdown_table(["method", "val - dev", "runs"], rows))
     v = verdict(s)
     if v:
         lines.append("\nIssue goals on SST-2:")

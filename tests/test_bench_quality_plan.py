@@ -72,3 +72,14 @@ def test_bad_deadline_is_a_one_line_error(bad: str, tmp_path: Path, capsys) -> N
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--deadline '{bad}': expected HH:MM" in err
+
+
+def test_val_dev_gap_per_method_over_runs_with_dev() -> None:
+    runs = [_run("pt", "vocab", 1e-2, 0.84) | {"dev": 0.85}, _run("pt", "vocab", 3e-3, 0.80) | {"dev": 0.80},
+            _run("lopa", "vocab", 3e-3, 0.82) | {"dev": 0.78}, _run("lopa", "vocab", 1e-3, 0.81) | {"dev": None},
+            _run("zero-shot", "-", 0.0, 0.51) | {"dev": 0.52}, _run("lopa", "vocab", 3e-3, 0.9, seed=1) | {"dev": 0.8},
+            {**_run("lopa", "vocab", 3e-3, 0.9), "task": "rte", "dev": 0.5}]
+    gap = quality_causal.val_dev_gap(runs)
+    assert set(gap) == {"pt", "lopa"}
+    assert gap["pt"]["n"] == 2 and gap["pt"]["mean"] == pytest.approx(-0.5)
+    assert gap["lopa"]["n"] == 2 and gap["lopa"]["mean"] == pytest.approx(7.0)
