@@ -296,12 +296,12 @@ def load_hub(task_name: str, split: str, hub_config: str, label_names: tuple[str
             f"no local data for task {task_name!r} and the 'datasets' package is not installed; "
             f"pass --data-dir or set {DATA_DIR_ENV}"
         ) from exc
+    repo, config = (fmt.hub_dataset, None) if fmt.hub_dataset else (_HUB_DATASET, hub_config)
     try:
-        repo, config = (fmt.hub_dataset, None) if fmt.hub_dataset else (_HUB_DATASET, hub_config)
         ds = datasets.load_dataset(repo, config, split=hub_split)
     except Exception as exc:  # network / hub errors: give one actionable message
         raise DataError(
-            f"no local data for task {task_name!r} and loading {fmt.hub_dataset or _HUB_DATASET}/{hub_config} "
+            f"no local data for task {task_name!r} and loading {repo}{'/' + config if config else ''} "
             f"[{hub_split}] from the hub failed ({exc}); pass --data-dir or set {DATA_DIR_ENV}"
         ) from exc
     label_index = {name: i for i, name in enumerate(label_names)}

@@ -296,30 +296,15 @@ class GlueTask:
 
 
 # ---------------------------------------------------------------------- registry
+_SST2 = GlueTask("sst2", "SST-2", ("0", "1"), ("terrible", "great"), "{a} . It was {mask} .", "accuracy",
+                 hub_config="sst2")
 GLUE_TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in (
-        GlueTask(
-            "sst2",
-            "SST-2",
-            ("0", "1"),
-            ("terrible", "great"),
-            "{a} . It was {mask} .",
-            "accuracy",
-            hub_config="sst2",
-        ),
+        _SST2,
         # SST-2's whole sentences only (stsa.binary.*, 6,920 train rows): GLUE's SST-2 train is mostly phrases
         # of those sentences (67k rows, 9 words on average), while its dev (the same 872 rows) is whole sentences.
-        GlueTask(
-            "sst2-sentences",
-            "SST-2",
-            ("0", "1"),
-            ("terrible", "great"),
-            "{a} . It was {mask} .",
-            "accuracy",
-            hub_config="sst2-sentences",
-            file_pattern="stsa.binary.{split}",
-        ),
+        replace(_SST2, name="sst2-sentences", file_pattern="stsa.binary.{split}"),
         GlueTask(
             "rte",
             "RTE",
@@ -357,6 +342,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
         GlueTask("qqp", "QQP", ("0", "1"), ("No", "Yes"), "{a} ? {mask} , {b}", "f1", hub_config="qqp"),
     )
 }
+
 
 
 # ----------------------------------------------------------------------- metrics
