@@ -83,3 +83,22 @@ def test_val_dev_gap_per_method_over_runs_with_dev() -> None:
     assert set(gap) == {"pt", "lopa"}
     assert gap["pt"]["n"] == 2 and gap["pt"]["mean"] == pytest.approx(-0.5)
     assert gap["lopa"]["n"] == 2 and gap["lopa"]["mean"] == pytest.approx(7.0)
+
+
+def test_render_only_with_no_runs_is_a_one_line_error_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        quality_causal.main(["--render-only", "--name", "none", "--out-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--render-only: nothing to render" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_only_reads_the_result_file_without_resume(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "quality-causal.json"
+    runs = [_run("pt", "vocab", 1e-2, 0.84) | {"dev": 0.85, "seconds": 1.0, "trainable_params": 5760, "steps": 2,
+                                               "examples_seen": 32, "curve": []}]
+    f.write_text(json.dumps({"meta": {}, "protocol": {"embedding_element_std": 0.05}, "runs": runs}))
+    quality_causal.main(["--render-only", "--name", "quality-causal", "--out-dir", str(tmp_path)])
+    after = json.loads(f.read_text())
+    assert after["runs"] == runs  # a render without --resume keeps every run
+    assert after["summary"]["main"]["sst2"]["pt"]["mean"] == pytest.approx(85.0)
