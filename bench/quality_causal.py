@@ -552,6 +552,8 @@ def summarise(runs: list[dict], seed0: int = 0) -> dict:
                 "val": 100 * ref["val"], "steps": ref["steps"], "examples_seen": ref["examples_seen"],
                 "seconds_per_run": common.median(r["seconds"] for r in rs),
                 "curve_mean": _mean_curve(rs),
+                "metric": "f1" if "f1" in (ref.get("dev_metrics") or {}) else "accuracy",
+                "dev_accuracy": 100 * (ref.get("dev_metrics") or {}).get("accuracy", ref["dev"]),
             }
     for m in dict.fromkeys(r["method"] for r in runs if r["task"] == SELECT_TASK and r["method"] in ("pt", "lopa")):
         for init in ("normal", "scaled", "vocab"):
@@ -670,9 +672,11 @@ def render(data: dict) -> str:
         lines.append(common.markdown_table(["variant", "trainable", "init", "lr", "dev", "seeds"], rows))
     for t, xs in s.get("transfer", {}).items():
         rows = [(LABEL.get(m, m), x["init"], f"{x['lr']:g}" if x["lr"] else "-", f"{x['val']:.1f}",
-                 f"{x['mean']:.1f}") for m, x in xs.items()]
-        lines.append(f"\n{t.upper()} dev (seed 0 at the SST-2-selected point; val: {t}'s own held-out train slice):")
-        lines.append(common.markdown_table(["method", "init", "lr", "val", "dev"], rows))
+                 f"{x['mean']:.1f}", f"{x.get('dev_accuracy', x['mean']):.1f}") for m, x in xs.items()]
+        metric = next(iter(xs.values())).get("metric", "accuracy")
+        lines.append(f"\n{t.upper()} dev (seed 0 at the SST-2-selected point; val: {t}'s own held-out train slice, "
+                     f"{metric}):")
+        lines.append(common.markdown_table(["method", "init", "lr", "val", f"dev ({metric})", "dev accuracy"], rows))
     if s.get("val_dev_gap"):
         rows = [(LABEL.get(m, m), _pm(x["mean"], x["std"], x["n"]), x["n"]) for m, x in s["val_dev_gap"].items()]
         lines.append("\nVal (held-out SST-2 train: mostly phrases) minus dev (whole sentences), points, over every "

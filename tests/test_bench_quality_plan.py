@@ -102,3 +102,13 @@ def test_render_only_reads_the_result_file_without_resume(tmp_path: Path, capsys
     after = json.loads(f.read_text())
     assert after["runs"] == runs  # a render without --resume keeps every run
     assert after["summary"]["main"]["sst2"]["pt"]["mean"] == pytest.approx(85.0)
+
+
+def test_transfer_rows_name_their_metric_and_keep_accuracy() -> None:
+    base = {"init": "vocab", "lr": 3e-2, "seed": 0, "grid": False, "val": 0.8, "seconds": 1.0, "curve": [],
+            "trainable_params": 5760, "steps": 2, "examples_seen": 32}
+    runs = [base | {"task": "mrpc", "method": "pt", "dev": 0.81, "dev_metrics": {"accuracy": 0.70, "f1": 0.81}},
+            base | {"task": "rte", "method": "pt", "dev": 0.55, "dev_metrics": {"accuracy": 0.55}}]
+    t = quality_causal.summarise(runs)["transfer"]
+    assert t["mrpc"]["pt"]["metric"] == "f1" and t["mrpc"]["pt"]["dev_accuracy"] == pytest.approx(70.0)
+    assert t["rte"]["pt"]["metric"] == "accuracy" and t["rte"]["pt"]["mean"] == pytest.approx(55.0)
