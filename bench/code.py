@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    load_start = common.load_average()
+    load_start = common.start_load()
     with common.Timer() as t_load:
         frozen = FrozenModel.load("smollm2")
         encoder = InstanceEncoder.load("default") if "lopa" in args.methods else None

@@ -53,6 +53,40 @@ def load_average() -> list[float]:
         return []
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies over all cores from ``/proc/stat``, or None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores are busy now: the non-idle share of CPU time over ``seconds``, times the cores."""
+    t0 = _cpu_times()
+    time.sleep(seconds)
+    t1 = _cpu_times()
+    if t0 is None or t1 is None or t1[1] <= t0[1]:
+        return None
+    return (t1[0] - t0[0]) / (t1[1] - t0[1]) * (os.cpu_count() or 1)
+
+
+def start_load() -> list[float]:
+    """The ``load_start`` for :func:`contention_note`, read before a benchmark works.
+
+    The 1/5/15-minute load averages, with the 1-minute figure lowered to the cores busy over the
+    next second when fewer are busy. A benchmark started right after another (a chain of runs)
+    would otherwise count the finished one's residual 1-minute load, which takes minutes to decay,
+    as another job sharing the cores.
+    """
+    load, busy = load_average(), busy_cores()
+    if load and busy is not None:
+        load[0] = round(min(load[0], busy), 2)
+    return load
+
+
 def machine() -> dict[str, Any]:
     """nproc, CPU model, memory, OS and the 1/5/15-minute load average right now."""
     mem = None
@@ -103,7 +137,8 @@ def metadata(seeds: Sequence[int] | None = None, **extra: Any) -> dict[str, Any]
 def contention_note(load_start: Sequence[float], load_end: Sequence[float], own: float | None = None) -> str | None:
     """A plain note when jobs other than this benchmark loaded the cores during the run.
 
-    ``load_start`` is read before the benchmark works and ``load_end`` as it finishes, when
+    ``load_start`` (:func:`start_load`) is read before the benchmark works and ``load_end``
+    (the 1-minute load average, :func:`load_average`) as it finishes, when
     its own ``own`` busy threads or worker processes (default: torch's thread count, else 1)
     are part of the 1-minute load average. The load of other jobs is taken as
     ``max(start, end - own)``; the note is written when that exceeds 3/4 of the cores.
@@ -112,7 +147,7 @@ def contention_note(load_start: Sequence[float], load_end: Sequence[float], own:
     own = float(own if own is not None else (_torch_threads() or 1))
     start, end = (load_start[:1] or [0.0])[0], (load_end[:1] or [0.0])[0]
     if max(start, end - own) > n * 0.75:
-        return (f"measured while other jobs shared the {n} cores (1-min load average {start:.1f} at the start, "
+        return (f"measured while other jobs shared the {n} cores (load {start:.1f} at the start, "
                 f"{end:.1f} at the end, about {own:g} of it this benchmark's own)")
     return None
 

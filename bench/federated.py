@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else (args.seed,)
     name = args.name or (f"federated-causal-{args.budget}" if causal else f"federated-{args.budget}")
     out = Path(args.out_dir)
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=list(seeds))
     results: list[dict] = []
     import json

@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = tuple(args.rows.split(",")) if args.rows else b["rows"]
     name = args.name or f"hetero-{args.budget}"
     out, work = Path(args.out_dir), Path(args.work_dir) / args.budget
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=[args.seed])
     results: list[dict] = []
     if args.resume and (out / f"{name}.json").is_file():

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Timer, contention_note, load_average, median, metadata, write_json  # noqa: E402
+from bench.common import Timer, contention_note, load_average, median, metadata, start_load, write_json  # noqa: E402
 from lopa_fed.backbone import FrozenModel  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(1000, 20000, (args.batch, args.length))
     pos = torch.randint(0, args.length, (args.batch,))
     ids[torch.arange(args.batch), pos] = frozen.tokenizer.mask_token_id
-    load0 = load_average()
+    load0 = start_load()
     times: dict[str, list[float]] = {"full": [], "read": []}
     for i in range(args.repeats + 1):
         for name in times:

@@ -199,7 +199,7 @@ def classifier_main(argv: list[str] | None = None) -> dict:
     tasks = tuple(args.tasks.split(",")) if args.tasks else b["tasks"]
     methods = tuple(args.methods.split(",")) if args.methods else MAIN_METHODS
     seeds = tuple(b["seeds"])
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=seeds)
     prev: dict[tuple, dict] = {}
     sources = [Path(f) for f in args.merge]

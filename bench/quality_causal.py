@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
         deadline = parse_deadline(args.deadline)
     except ValueError as e:
         ap.error(str(e))
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=seeds)
     prev: dict[tuple, dict] = {}
     sources = [Path(f) for f in args.merge]

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = f"robust-dp-{args.budget}" if args.dp else f"robust-{args.budget}"
     out = Path(args.out_dir)
     results = _load(out / f"{name}.json") if args.resume else []
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=[args.seed])
     setup = {**b, "task": "sst2", "model": "all-MiniLM-L6-v2 + LoPA (m 10, r 4), federate zs", "partitioner": "iid",
              "lr": LR, "max_length": 128, "defence": DEFENCE, "attacks": ATTACKS, "runtime": args.runtime}

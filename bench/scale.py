@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     from server.launch import simulate
 
     counts = [int(c) for c in args.counts.split(",")]
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=[9876])
     results = []
     data = {"meta": meta, "setup": {"counts": counts, "per_client": args.per_client, "local_steps": args.local_steps,

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"rows": []}
     if args.resume and path.is_file():
         data = json.loads(path.read_text())
-    start_load = common.load_average()
+    start_load = common.start_load()
     work = Path(args.work)
     for n in [int(x) for x in args.clients.split(",")]:
         for secagg in (False, True):

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     from lopa_fed import LoPAConfig, build_model, get_task, load_splits
     from lopa_fed.train import set_seed
 
-    load0 = common.load_average()
+    load0 = common.start_load()
     meta = common.metadata(seeds=[0])
     task = get_task(args.task)
     set_seed(0)

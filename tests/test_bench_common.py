@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,3 +47,27 @@ def test_contention_note_does_not_count_the_benchmarks_own_load(monkeypatch) -> 
     assert note is not None and "2.9 at the end" in note and "about 1 of it this benchmark's own" in note
     # a busy machine at the start is contention whatever the benchmark did
     assert common.contention_note([3.0], [0.1], own=2) is not None
+
+
+def test_start_load_tells_a_finished_jobs_residue_from_a_running_one(monkeypatch) -> None:
+    monkeypatch.setattr(common.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(common.os, "getloadavg", lambda: (2.0, 1.5, 0.9))
+    # the previous benchmark of a chain just ended: its 1-min load lingers, the cores are idle
+    monkeypatch.setattr(common, "busy_cores", lambda seconds=1.0: 0.05)
+    load = common.start_load()
+    assert load == [0.05, 1.5, 0.9]
+    assert common.contention_note(load, [2.1], own=2) is None
+    # another job is still running: the cores are busy, the 1-min figure stands
+    monkeypatch.setattr(common, "busy_cores", lambda seconds=1.0: 1.9)
+    assert common.contention_note(common.start_load(), [2.1], own=2) is not None
+    # no /proc/stat: the load average is kept as it is
+    monkeypatch.setattr(common, "busy_cores", lambda seconds=1.0: None)
+    assert common.start_load() == [2.0, 1.5, 0.9]
+
+
+def test_busy_cores_reads_this_machine() -> None:
+    busy = common.busy_cores(0.2)
+    if not Path("/proc/stat").exists():
+        assert busy is None
+        return
+    assert busy is not None and 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
