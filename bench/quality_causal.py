@@ -705,7 +705,8 @@ def plot(data: dict, out: Path, name: str) -> None:
         return
     plt = common.plt()
     runs = data["runs"]
-    fig, axes = plt.subplots(1, 4, figsize=(24, 6.4))
+    abl = s.get("ablation", {}).get(SELECT_TASK, {})
+    fig, axes = plt.subplots(1, 4 if abl else 3, figsize=(24 if abl else 18, 6.4))
     ax = axes[0]
     for m in [m for m in METHODS if m in ms]:
         x = ms[m]
@@ -753,15 +754,13 @@ def plot(data: dict, out: Path, name: str) -> None:
     ax.set_xlabel("trainable parameters (log; zero-shot plotted at 1)")
     ax.set_ylabel("SST-2 dev accuracy % (full dev)")
     ax.set_title("score vs trainable parameters")
-    _plot_ablations(axes[3], s.get("ablation", {}).get(SELECT_TASK, {}), ms)
+    if abl:
+        _plot_ablations(axes[3], abl, ms)
     common.save_fig(fig, name, out)
 
 
 def _plot_ablations(ax, abl: dict, ms: dict) -> None:
     """Horizontal bars: each LoPA variant's dev accuracy (± std over its seeds), LoPA and PT as lines."""
-    if not abl:
-        ax.set_visible(False)
-        return
     items = sorted(abl.items(), key=lambda kv: kv[1]["mean"])
     ys = range(len(items))
     ax.barh(ys, [x["mean"] for _, x in items], xerr=[x["std"] for _, x in items], color="grey", alpha=0.6,

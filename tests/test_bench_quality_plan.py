@@ -112,3 +112,20 @@ def test_transfer_rows_name_their_metric_and_keep_accuracy() -> None:
     t = quality_causal.summarise(runs)["transfer"]
     assert t["mrpc"]["pt"]["metric"] == "f1" and t["mrpc"]["pt"]["dev_accuracy"] == pytest.approx(70.0)
     assert t["rte"]["pt"]["metric"] == "accuracy" and t["rte"]["pt"]["mean"] == pytest.approx(55.0)
+
+
+@pytest.mark.parametrize("with_ablation, panels", [(False, 3), (True, 4)])
+def test_plot_draws_the_ablation_panel_only_when_there_are_ablations(
+        with_ablation: bool, panels: int, tmp_path: Path, monkeypatch) -> None:
+    base = {"task": "sst2", "init": "vocab", "lr": 1e-2, "seed": 0, "grid": True, "val": 0.8, "dev": 0.8,
+            "seconds": 1.0, "trainable_params": 5760, "steps": 2, "examples_seen": 32,
+            "curve": [{"step": 0, "acc": 0.5, "loss": 0.7}, {"step": 2, "acc": 0.8, "loss": 0.5}], "losses": [0.7, 0.6]}
+    runs = [base | {"method": "pt"}, base | {"method": "lopa", "init": "scaled"}]
+    if with_ablation:
+        runs.append(base | {"method": "lopa-concat", "init": "scaled"})
+    data = {"runs": runs, "protocol": {"batch": 16, "curve_n": 128, "seeds": [0]},
+            "summary": quality_causal.summarise(runs)}
+    seen: list = []
+    monkeypatch.setattr(quality_causal.common, "save_fig", lambda fig, name, out: seen.append(len(fig.axes)))
+    quality_causal.plot(data, tmp_path, "q")
+    assert seen == [panels]
