@@ -10,6 +10,9 @@ Two settings:
 
       .venv/bin/python bench/quality.py --budget smoke --threads 1
       .venv/bin/python bench/quality.py --budget small --threads 1 --name quality-causal --resume --deadline 13:40
+      .venv/bin/python bench/quality.py --budget large --threads 2 --resume \
+          --points-from bench/results/quality-causal.json --methods pt,lopa     # 500 steps, no second grid
+      .venv/bin/python bench/quality_steps.py     # dev accuracy against steps over the 125/250/500-step files
 
 * ``--setting classifier``: the documented MiniLM variant below (every method also trains a
   2-class head on the pooled output, which hides the prompt). Result ``quality-<budget>.json``.

@@ -52,6 +52,9 @@ Protocol
     # 250 steps, no second grid: each method at the point the small budget selected, 3 seeds
     .venv/bin/python bench/quality.py --budget medium --threads 2 --resume \
         --points-from bench/results/quality-causal.json --methods zero-shot,pt,lopa,lora16
+    # 500 steps (8,000 examples), the same points: does more training close LoPA's gap to PT?
+    .venv/bin/python bench/quality.py --budget large --threads 2 --resume \
+        --points-from bench/results/quality-causal.json --methods pt,lopa
     # train on whole sentences, test on the same dev
     .venv/bin/python bench/quality.py --budget small --threads 2 --name quality-causal --resume \
         --tasks sst2,sst2-sentences --methods pt,lopa
@@ -122,6 +125,9 @@ BUDGETS = {
                    seeds=(0, 1, 2), tasks=("sst2",), first_point_only=False),
     "full": dict(train=4000, epochs=1, batch=16, val=400, dev=None, curve_every=25, curve_n=128, max_length=128,
                  seeds=(0, 1, 2), tasks=("sst2", "rte", "mrpc"), first_point_only=False),
+    # 500 steps: does more training close LoPA's gap to PT? Use with --points-from (no second grid).
+    "large": dict(train=8000, epochs=1, batch=16, val=400, dev=None, curve_every=50, curve_n=128, max_length=128,
+                  seeds=(0, 1, 2), tasks=("sst2",), first_point_only=False),
 }
 LABEL = {"zero-shot": "zero-shot (no tuning)", "pt": "PT", "idpg": "IDPG", "lopa": "LoPA (m=10, r=4)",
          "lora16": "LoRA r=16", "lora8": "LoRA r=8", "lopa-add": "LoPA-add", "lopa-max": "LoPA-max",
@@ -748,8 +754,9 @@ def plot(data: dict, out: Path, name: str) -> None:
     for m, x in ms.items():
         tp = max(x["trainable_params"], 1)
         ax.errorbar(tp, x["mean"], yerr=x["std"], marker="o", capsize=3, color=COLOR.get(m, "grey"))
-        ax.annotate(LABEL.get(m, m).split(" (")[0], (tp, x["mean"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
+        above = _label_above(m, ms)
+        ax.annotate(LABEL.get(m, m).split(" (")[0], (tp, x["mean"]), fontsize=8, xytext=(4, 4) if above else (-4, -10),
+                    textcoords="offset points", ha="left" if above else "right")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log; zero-shot plotted at 1)")
     ax.set_ylabel("SST-2 dev accuracy % (full dev)")
@@ -757,6 +764,14 @@ def plot(data: dict, out: Path, name: str) -> None:
     if abl:
         _plot_ablations(axes[3], abl, ms)
     common.save_fig(fig, name, out)
+
+
+def _label_above(m: str, ms: dict) -> bool:
+    """Label ``m``'s point above-right if it scores highest among the points within 3× its parameter count,
+    else below-left, so neighbours such as LoRA r=8 and r=16 (0.65M, 1.29M) do not overlap."""
+    tp = max(ms[m]["trainable_params"], 1)
+    near = [x["mean"] for k, x in ms.items() if k != m and tp / 3 <= max(x["trainable_params"], 1) <= 3 * tp]
+    return all(ms[m]["mean"] >= y for y in near)
 
 
 def _plot_ablations(ax, abl: dict, ms: dict) -> None:

@@ -129,3 +129,20 @@ def test_plot_draws_the_ablation_panel_only_when_there_are_ablations(
     monkeypatch.setattr(quality_causal.common, "save_fig", lambda fig, name, out: seen.append(len(fig.axes)))
     quality_causal.plot(data, tmp_path, "q")
     assert seen == [panels]
+
+
+def test_large_budget_is_500_steps_at_each_methods_selected_point(small: Path, tmp_path: Path, capsys) -> None:
+    b = quality_causal.BUDGETS["large"]
+    assert b["train"] * b["epochs"] // b["batch"] == 500
+    quality_causal.main(["--budget", "large", "--points-from", str(small), "--methods", "pt",
+                         "--out-dir", str(tmp_path / "out"), "--dry-run"])
+    plan = [line for line in capsys.readouterr().out.split("\n") if line]
+    assert plan == ["to do sst2 pt vocab 0.01 0 True", "to do sst2 pt vocab 0.01 1 False",
+                    "to do sst2 pt vocab 0.01 2 False"]
+
+
+def test_label_above_only_for_the_best_of_close_parameter_counts() -> None:
+    ms = {"lora8": {"trainable_params": 645_120, "mean": 86.1}, "lora16": {"trainable_params": 1_290_240, "mean": 87.1},
+          "pt": {"trainable_params": 5_760, "mean": 83.8}}
+    assert quality_causal._label_above("lora16", ms) and not quality_causal._label_above("lora8", ms)
+    assert quality_causal._label_above("pt", ms)  # no neighbour within 3x
