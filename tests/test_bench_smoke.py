@@ -23,6 +23,8 @@ SCRIPTS = {  # case: (script, arguments)
     "scale": ("scale", ["--counts", "2", "--per-client", "8", "--local-steps", "1"]),
     "robust": ("robust", ["--budget", "smoke", "--strategies", "fedavg,fedmedian", "--attacks", "nan,signflip"]),
     "robust-dp": ("robust", ["--budget", "smoke", "--dp", "--dp-noise", "1.0"]),
+    "prompt-removed": ("prompt_removed", ["--train", "16", "--dev", "16", "--seeds", "0", "--methods", "head,pt",
+                                          "--threads", "1"]),
 }
 EXPECTED = {  # result file written by each case, and keys that must be in it
     "communication": ("communication.json", ("meta", "results", "flowertune")),
@@ -35,6 +37,7 @@ EXPECTED = {  # result file written by each case, and keys that must be in it
     "scale": ("scale.json", ("meta", "setup", "results")),
     "robust": ("robust-smoke.json", ("meta", "setup", "results", "summary")),
     "robust-dp": ("robust-dp-smoke.json", ("meta", "setup", "results", "summary")),
+    "prompt-removed": ("prompt-removed.json", ("meta", "protocol", "runs", "summary", "causal")),
 }
 
 
