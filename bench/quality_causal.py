@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=("causal",), default="causal")
     ap.add_argument("--budget", choices=tuple(BUDGETS), default="small")
-    ap.add_argument("--tasks", default=None, help="comma-separated subset of sst2,rte,mrpc,sst2-sentences (sst2 selects; sst2-sentences trains "
+    ap.add_argument("--tasks", default=None, help="comma-separated subset of sst2,rte,mrpc,cola,sst2-sentences (sst2 selects; sst2-sentences trains "
                          "on SST-2's whole sentences and tests on the same GLUE dev)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of " + ",".join((*METHODS, *ABLATIONS)) + " (default: all)")
@@ -558,7 +558,7 @@ def summarise(runs: list[dict], seed0: int = 0) -> dict:
                 "val": 100 * ref["val"], "steps": ref["steps"], "examples_seen": ref["examples_seen"],
                 "seconds_per_run": common.median(r["seconds"] for r in rs),
                 "curve_mean": _mean_curve(rs),
-                "metric": "f1" if "f1" in (ref.get("dev_metrics") or {}) else "accuracy",
+                "metric": next((k for k in ("mcc", "f1") if k in (ref.get("dev_metrics") or {})), "accuracy"),
                 "dev_accuracy": 100 * (ref.get("dev_metrics") or {}).get("accuracy", ref["dev"]),
             }
     for m in dict.fromkeys(r["method"] for r in runs if r["task"] == SELECT_TASK and r["method"] in ("pt", "lopa")):

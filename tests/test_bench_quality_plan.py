@@ -108,10 +108,12 @@ def test_transfer_rows_name_their_metric_and_keep_accuracy() -> None:
     base = {"init": "vocab", "lr": 3e-2, "seed": 0, "grid": False, "val": 0.8, "seconds": 1.0, "curve": [],
             "trainable_params": 5760, "steps": 2, "examples_seen": 32}
     runs = [base | {"task": "mrpc", "method": "pt", "dev": 0.81, "dev_metrics": {"accuracy": 0.70, "f1": 0.81}},
-            base | {"task": "rte", "method": "pt", "dev": 0.55, "dev_metrics": {"accuracy": 0.55}}]
+            base | {"task": "rte", "method": "pt", "dev": 0.55, "dev_metrics": {"accuracy": 0.55}},
+            base | {"task": "cola", "method": "pt", "dev": 0.12, "dev_metrics": {"accuracy": 0.69, "mcc": 0.12}}]
     t = quality_causal.summarise(runs)["transfer"]
     assert t["mrpc"]["pt"]["metric"] == "f1" and t["mrpc"]["pt"]["dev_accuracy"] == pytest.approx(70.0)
     assert t["rte"]["pt"]["metric"] == "accuracy" and t["rte"]["pt"]["mean"] == pytest.approx(55.0)
+    assert t["cola"]["pt"]["metric"] == "mcc" and t["cola"]["pt"]["dev_accuracy"] == pytest.approx(69.0)
 
 
 @pytest.mark.parametrize("with_ablation, panels", [(False, 3), (True, 4)])
