@@ -122,7 +122,7 @@ def plot(summary: dict, contrast: dict | None, out: Path, name: str) -> None:
     bars = [(f"{LABEL[m].split(' (')[0]}\nclassifier", x["dev"], x["dev_std"], x["removed"], x["removed_std"])
             for m, x in summary.items()]
     if contrast:
-        bars += [(f"{LABEL[m].split(' (')[0]}\ncausal (paper's setting)", c["dev"], c["dev_std"], contrast["zero_shot"], 0.0)
+        bars += [(f"{LABEL[m].split(' (')[0]}\ncausal\n(paper's setting)", c["dev"], c["dev_std"], contrast["zero_shot"], 0.0)
                  for m, c in contrast.items() if m in ("pt", "lopa")]
     xs = range(len(bars))
     ax.bar([x - 0.2 for x in xs], [b[1] for b in bars], 0.4, yerr=[b[2] for b in bars], capsize=3, label="with its prompt")
