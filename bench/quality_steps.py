@@ -65,13 +65,12 @@ def gaps(rows: dict[str, list[dict]]) -> list[dict]:
 
 
 def render(rows: dict[str, list[dict]], gp: list[dict]) -> str:
-    steps = sorted({r["steps"] for v in rows.values() for r in v})
+    steps = sorted({r["steps"] for v in rows.values() for r in v if r["steps"] > 0})
     table = []
     for m in [m for m in METHODS if m in rows and m != "zero-shot"]:
         by = {r["steps"]: r for r in rows[m]}
         cells = [f"{by[s]['mean']:.1f} ± {by[s]['std']:.1f} (n={by[s]['n']})" if s in by else "–" for s in steps]
         table.append([LABEL.get(m, m), *cells])
-    steps = [s for s in steps if s > 0]
     lines = [common.markdown_table(["method", *(f"dev, {s} steps" for s in steps)], table), ""]
     if "zero-shot" in rows:
         lines.insert(0, f"zero-shot (no tuning, 0 steps): {rows['zero-shot'][0]['mean']:.1f}\n")

@@ -37,6 +37,8 @@ def test_steps_table_gaps_and_plot(tmp_path: Path, capsys) -> None:
     assert ("lopa - lora16", 125) not in g
     out = capsys.readouterr().out
     assert "zero-shot (no tuning, 0 steps): 51.5" in out and "lopa - pt at 250 steps: -1.0" in out
+    assert "| method | dev, 125 steps | dev, 250 steps |" in out
+    assert "| LoRA r=16 | – | 87.0 ± 0.0 (n=1) |" in out  # one cell per step count, none for zero-shot's 0
     assert (tmp_path / "s.png").stat().st_size > 0 and json.loads((tmp_path / "s.json").read_text())["gaps"]
 
 
