@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,25 @@ def record_source(meta: dict[str, Any], src: Path, old: dict[str, Any], name: st
         meta.setdefault("merged_from", []).append({"file": src.name, **entry})
     else:
         meta["earlier_invocations"] = [*om.get("earlier_invocations", []), entry]
+
+
+def read_runs(sources: Sequence[Path], key: Callable[[dict], tuple], meta: dict[str, Any], name: str) -> dict[tuple, dict]:
+    """The finished runs in result files (``--resume``, ``--merge``), by ``key``; later files win.
+
+    Each file's provenance goes into ``meta`` (:func:`record_source`). Raises ``ValueError`` (one
+    line) for a file that is missing or is not a result file with runs.
+    """
+    runs: dict[tuple, dict] = {}
+    for src in map(Path, sources):
+        if not src.is_file():
+            raise ValueError(f"no such result file: {src}")
+        try:
+            old = json.loads(src.read_text())
+            runs.update({key(r): r for r in old.get("runs", [])})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{src}: not a result file with runs ({type(exc).__name__}: {exc})") from None
+        record_source(meta, src, old, name)
+    return runs
 
 
 def add_result_args(ap, name_default: str) -> None:

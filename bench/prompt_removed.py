@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,23 +56,19 @@ def points(path: Path, methods: tuple[str, ...]) -> dict[str, float]:
 
 
 def run_one(method: str, lr: float, seed: int, splits, args) -> dict:
-    """Train ``method`` (classifier setting) and score dev with and without its prompt."""
-    from bench.quality import make_model
-    from lopa_fed import TrainConfig, evaluate, fit
+    """Train ``method`` (classifier setting; :func:`bench.quality.run_one`) and score dev with and without its prompt."""
+    from bench.quality import run_one as train_and_score
+    from lopa_fed import evaluate
 
-    t0 = time.perf_counter()
-    net = make_model(method, splits.train.task, seed)
-    tr = fit(net, splits.train, TrainConfig(lr=lr, epochs=args.epochs, batch_size=16, seed=seed, max_length=128,
-                                            eval_batch_size=32))
-    dev = evaluate(net, splits.test, batch_size=32)["score"]
+    budget = {"epochs": args.epochs, "batch": 16, "max_length": 128}
+    rec = train_and_score(method, splits.train.task, splits, lr, seed, budget, keep_state=True)
+    net = rec.pop("_net")
+    bare = rec["dev"]
     if net.prompt is not None:
         with prompt_removed(net):
             bare = evaluate(net, splits.test, batch_size=32)["score"]
-    else:
-        bare = dev
-    return {"method": method, "lr": lr, "seed": seed, "trainable_params": int(net.num_trainable()),
-            "steps": tr["steps"], "examples_seen": tr["examples_seen"], "train_loss": tr["loss"],
-            "dev": 100 * dev, "dev_prompt_removed": 100 * bare, "seconds": time.perf_counter() - t0}
+    keep = ("method", "lr", "seed", "trainable_params", "steps", "examples_seen", "train_loss", "val", "seconds")
+    return {k: rec[k] for k in keep} | {"dev": 100 * rec["dev"], "dev_prompt_removed": 100 * bare}
 
 
 def summarise(runs: list[dict]) -> dict[str, dict]:
@@ -167,14 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     out, name = Path(args.out_dir), args.name or "prompt-removed"
     meta, load0 = common.metadata(seeds=seeds), common.start_load()
     sources = [out / f"{name}.json"] if args.resume and (out / f"{name}.json").is_file() else []
-    prev: dict[tuple, dict] = {}
-    for src in [*sources, *map(Path, args.merge)]:
-        try:
-            old = json.loads(src.read_text())
-            prev.update({(r["method"], r["seed"]): r for r in old["runs"]})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            ap.error(f"{src}: not a prompt-removed result file ({type(exc).__name__}: {exc})")
-        common.record_source(meta, src, old, name)
+    try:
+        prev = common.read_runs([*sources, *args.merge], lambda r: (r["method"], r["seed"]), meta, name)
+    except ValueError as exc:
+        ap.error(str(exc))
     runs: list[dict] = list(prev.values())
     done = set(prev)
     protocol = {"setting": "MiniLM classifier (frozen all-MiniLM-L6-v2 + a trained 2-class head on the pooled output)",

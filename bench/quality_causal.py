@@ -374,16 +374,13 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(str(e))
     load0 = common.start_load()
     meta = common.metadata(seeds=seeds)
-    prev: dict[tuple, dict] = {}
     sources = [Path(f) for f in args.merge]
     if (args.resume or args.render_only) and (out / f"{name}.json").is_file():
         sources.insert(0, out / f"{name}.json")
-    for src in sources:
-        if not src.is_file():
-            ap.error(f"--merge: no such result file: {src}")
-        old = json.loads(src.read_text())
-        prev.update({_key(r): r for r in old.get("runs", [])})
-        common.record_source(meta, src, old, name)
+    try:
+        prev = common.read_runs(sources, _key, meta, name)
+    except ValueError as exc:
+        ap.error(f"--merge: {exc}")
     runs: list[dict] = list(prev.values())
     fixed = fixed_points(args.points_from, methods, seeds[0], ap.error) if args.points_from else None
     protocol = {"budget": args.budget, **b, "seeds": list(seeds), "plan": [list(p) for p in PLAN],
@@ -533,6 +530,8 @@ def main(argv: list[str] | None = None) -> dict:
 # --------------------------------------------------------------------------------------- summary
 def summarise(runs: list[dict], seed0: int = 0) -> dict:
     """Main rows (selected point per method, over seeds), the init ablation, the grid and the curves."""
+    from lopa_fed import get_task
+
     out: dict = {"main": {}, "init": {}, "grid": [], "ablation": {}, "transfer": {}, "val_dev_gap": val_dev_gap(runs)}
     tasks = sorted({r["task"] for r in runs})
     for t in tasks:
@@ -558,7 +557,7 @@ def summarise(runs: list[dict], seed0: int = 0) -> dict:
                 "val": 100 * ref["val"], "steps": ref["steps"], "examples_seen": ref["examples_seen"],
                 "seconds_per_run": common.median(r["seconds"] for r in rs),
                 "curve_mean": _mean_curve(rs),
-                "metric": next((k for k in ("mcc", "f1") if k in (ref.get("dev_metrics") or {})), "accuracy"),
+                "metric": get_task(t).metric,
                 "dev_accuracy": 100 * (ref.get("dev_metrics") or {}).get("accuracy", ref["dev"]),
             }
     for m in dict.fromkeys(r["method"] for r in runs if r["task"] == SELECT_TASK and r["method"] in ("pt", "lopa")):

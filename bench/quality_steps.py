@@ -27,6 +27,7 @@ from bench.quality_causal import COLOR, LABEL, METHODS, SELECT_TASK  # noqa: E40
 
 DEFAULT_FILES = ("quality-causal.json", "quality-causal-medium.json", "quality-causal-large.json")
 GAPS = (("lopa", "pt"), ("lopa", "lora16"))
+GAP_STYLE = {"lopa - pt": ("C0", "LoPA - PT"), "lopa - lora16": ("C3", "LoPA - LoRA r=16")}
 
 
 def load_rows(paths: list[Path]) -> tuple[dict[str, list[dict]], list[dict]]:
@@ -94,12 +95,11 @@ def plot(rows: dict[str, list[dict]], gp: list[dict], out: Path, name: str) -> N
     ax.set_ylabel("SST-2 dev accuracy % (full dev; mean ± std over seeds)")
     ax.set_title("SmolLM2-135M causal verbalizer: score against training steps")
     ax.legend(fontsize=8)
-    for pair, c in (("lopa - pt", "C0"), ("lopa - lora16", "C3")):
+    for pair, (c, label) in GAP_STYLE.items():
         g = [x for x in gp if x["pair"] == pair]
         if g:
             bx.errorbar([x["steps"] for x in g], [x["diff"] for x in g], yerr=[x["se"] or 0 for x in g], marker="o",
-                        capsize=3, color=c, label=pair.replace("lopa", "LoPA").replace("pt", "PT")
-                        .replace("lora16", "LoRA r=16") + " (± s.e.)")
+                        capsize=3, color=c, label=f"{label} (± s.e.)")
     bx.axhline(0, color="k", lw=1)
     bx.axhline(5, color="C0", ls=":", lw=1, label="goal: LoPA ≥ PT + 5")
     bx.set_xscale("log", base=2)
